@@ -1,0 +1,341 @@
+#include "lora/adapter.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/mmap.h"
+#include "io/safetensors.h"
+
+namespace nb {
+
+namespace {
+
+enum class Role { kA, kB, kEmbA, kEmbB, kWhole, kBaseLayer };
+
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::kA: return "lora_A";
+    case Role::kB: return "lora_B";
+    case Role::kEmbA: return "lora_embedding_A";
+    case Role::kEmbB: return "lora_embedding_B";
+    case Role::kWhole: return "modules_to_save weight";
+    case Role::kBaseLayer: return "base_layer.weight";
+  }
+  return "?";
+}
+
+struct ParsedKey {
+  std::string module;
+  Role role = Role::kA;
+};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Tensor name -> (module, role). PEFT prefixes keys with "base_model.model." and strips the
+// adapter name ("lora_A.default.weight" -> "lora_A.weight"); files that kept the default name are
+// accepted too, as is the ModulesToSaveWrapper path "<m>.modules_to_save.default.<param>".
+Result<ParsedKey> parse_key(const std::string& key) {
+  static const std::string kPrefix = "base_model.model.";
+  std::string k = key.compare(0, kPrefix.size(), kPrefix) == 0 ? key.substr(kPrefix.size()) : key;
+  struct Suffix {
+    const char* text;
+    Role role;
+  };
+  static const Suffix kSuffixes[] = {
+      {".lora_A.weight", Role::kA},         {".lora_A.default.weight", Role::kA},
+      {".lora_B.weight", Role::kB},         {".lora_B.default.weight", Role::kB},
+      {".lora_embedding_A", Role::kEmbA},   {".lora_embedding_A.default", Role::kEmbA},
+      {".lora_embedding_B", Role::kEmbB},   {".lora_embedding_B.default", Role::kEmbB},
+      {".base_layer.weight", Role::kBaseLayer},
+  };
+  for (const Suffix& s : kSuffixes) {
+    if (ends_with(k, s.text)) return ParsedKey{k.substr(0, k.size() - std::strlen(s.text)), s.role};
+  }
+  if (k.find(".lora_") != std::string::npos || k.rfind("lora_", 0) == 0)
+    return unsupported(strformat("tensor '%s': unsupported LoRA tensor (lora_B.bias needs lora_bias, "
+                                 "lora_magnitude_vector is DoRA; neither is supported)", key.c_str()));
+  static const std::string kWrapper = ".modules_to_save.default.";
+  if (size_t pos = k.find(kWrapper); pos != std::string::npos)
+    k = k.substr(0, pos) + "." + k.substr(pos + kWrapper.size());
+  if (!ends_with(k, ".weight"))
+    return format_error(strformat("tensor '%s': neither a LoRA factor (lora_A/lora_B.weight, lora_embedding_A/B) "
+                                  "nor a modules_to_save '.weight'", key.c_str()));
+  return ParsedKey{k.substr(0, k.size() - 7), Role::kWhole};
+}
+
+// Reads element i of a possibly unaligned float buffer.
+template <typename T>
+T load_unaligned(const uint8_t* p, size_t i) {
+  T v;
+  std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+  return v;
+}
+
+float source_value(const TensorInfo& t, size_t i) {
+  switch (t.dtype) {
+    case DType::kF32: return load_unaligned<float>(t.data, i);
+    case DType::kF64: return static_cast<float>(load_unaligned<double>(t.data, i));
+    case DType::kBF16: return bf16_to_float(load_unaligned<uint16_t>(t.data, i));
+    case DType::kF16: return fp16_to_float(load_unaligned<uint16_t>(t.data, i));
+    default: NB_CHECK(false, "unreachable dtype"); return 0;
+  }
+}
+
+void store_value(const HostTensor& out, size_t i, float v) {
+  switch (out.dtype()) {
+    case DType::kF32: out.as<float>()[i] = v; break;
+    case DType::kBF16: out.as<uint16_t>()[i] = float_to_bf16(v); break;
+    case DType::kF16: out.as<uint16_t>()[i] = float_to_fp16(v); break;
+    default: NB_CHECK(false, "unsupported output dtype %s", dtype_name(out.dtype()));
+  }
+}
+
+// Copies a 2-D tensor [rows, cols] into `dtype`, transposed to [cols, rows] when asked, refusing
+// NaN/Inf. (F64 values beyond float range become Inf and are refused as well.)
+Result<HostTensor> convert_2d(const TensorInfo& t, DType dtype, bool transpose) {
+  const int64_t rows = t.shape[0], cols = t.shape[1];
+  HostTensor out(dtype, transpose ? Shape{cols, rows} : Shape{rows, cols});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float v = source_value(t, static_cast<size_t>(r * cols + c));
+      if (!std::isfinite(v))
+        return format_error(strformat("tensor '%s': non-finite value %f at [%lld, %lld]", t.name.c_str(), v,
+                                      static_cast<long long>(r), static_cast<long long>(c)));
+      store_value(out, static_cast<size_t>(transpose ? c * rows + r : r * cols + c), v);
+    }
+  }
+  return out;
+}
+
+struct Pending {
+  const BaseModule* base = nullptr;
+  const TensorInfo* a = nullptr;
+  const TensorInfo* b = nullptr;
+};
+
+std::string rank_origin(const ModuleLoraSpec& spec) {
+  if (spec.rank_key.empty()) return strformat("rank %d from r", spec.rank);
+  return strformat("rank %d from rank_pattern key '%s'", spec.rank, spec.rank_key.c_str());
+}
+
+Status check_float_2d(const TensorInfo& t) {
+  if (!is_float_dtype(t.dtype))
+    return format_error(strformat("tensor '%s': dtype %s is not a float type (F16, BF16, F32, F64)", t.name.c_str(),
+                                  dtype_name(t.dtype)));
+  if (t.shape.size() != 2)
+    return format_error(strformat("tensor '%s': expected a 2-D tensor, got shape %s", t.name.c_str(),
+                                  shape_to_string(t.shape).c_str()));
+  return Status::ok();
+}
+
+Status check_shape(const TensorInfo& t, const Shape& expected, const std::string& why) {
+  NB_RETURN_IF_ERROR(check_float_2d(t));
+  if (t.shape == expected) return Status::ok();
+  bool transposed = t.shape == Shape{expected[1], expected[0]};
+  return format_error(strformat("tensor '%s': expected shape %s (%s), got %s%s", t.name.c_str(),
+                                shape_to_string(expected).c_str(), why.c_str(), shape_to_string(t.shape).c_str(),
+                                transposed ? " (transposed?)" : ""));
+}
+
+class Loader {
+ public:
+  Loader(const AdapterConfig& config, const std::vector<BaseModule>& base, DType dtype)
+      : config_(config), base_(base), dtype_(dtype) {}
+
+  Status index_base();
+  Status classify(const TensorInfo& t);
+  Status finish(LoraAdapter* out);
+
+ private:
+  Status add_factor(const TensorInfo& t, const ParsedKey& key, const BaseModule& m);
+  Status add_whole(const TensorInfo& t, const BaseModule& m);
+  Status add_base_layer(const TensorInfo& t, const BaseModule& m);
+  Result<LoraModule> build_module(const std::string& name, const Pending& p);
+
+  const AdapterConfig& config_;
+  const std::vector<BaseModule>& base_;
+  DType dtype_;
+  std::map<std::string, const BaseModule*> by_name_;
+  std::map<std::string, Pending> factors_;
+  std::map<std::string, const TensorInfo*> whole_;
+  std::map<std::string, const TensorInfo*> base_layer_;
+};
+
+// Hugging Face weight layouts: Linear [out, in]; nn.Embedding [num_embeddings, embedding_dim].
+Status check_full_weight(const TensorInfo& t, const BaseModule& m) {
+  Shape expected = m.is_linear() ? Shape{m.out, m.in} : Shape{m.in, m.out};
+  return check_shape(t, expected, strformat("%s '%s' weight", base_module_kind_name(m.kind), m.name.c_str()));
+}
+
+Status Loader::index_base() {
+  for (const BaseModule& m : base_) {
+    if (m.out <= 0 || m.in <= 0)
+      return invalid_argument(strformat("base module '%s': logical shape out=%lld, in=%lld must be positive",
+                                        m.name.c_str(), static_cast<long long>(m.out), static_cast<long long>(m.in)));
+    if (!by_name_.emplace(m.name, &m).second)
+      return invalid_argument(strformat("base module '%s' is listed twice", m.name.c_str()));
+  }
+  return Status::ok();
+}
+
+Status Loader::classify(const TensorInfo& t) {
+  NB_ASSIGN_OR_RETURN(ParsedKey key, parse_key(t.name));
+  auto it = by_name_.find(key.module);
+  if (it == by_name_.end())
+    return format_error(strformat("tensor '%s': module '%s' is not a LoRA-able module of the base model",
+                                  t.name.c_str(), key.module.c_str()));
+  if (key.role == Role::kWhole) return add_whole(t, *it->second);
+  if (key.role == Role::kBaseLayer) return add_base_layer(t, *it->second);
+  return add_factor(t, key, *it->second);
+}
+
+Status Loader::add_factor(const TensorInfo& t, const ParsedKey& key, const BaseModule& m) {
+  bool embedding_role = key.role == Role::kEmbA || key.role == Role::kEmbB;
+  if (embedding_role != m.is_embedding())
+    return format_error(strformat("tensor '%s': a %s factor, but module '%s' is a%s %s", t.name.c_str(),
+                                  role_name(key.role), m.name.c_str(), m.is_linear() ? "" : "n",
+                                  base_module_kind_name(m.kind)));
+  if (!is_targeted(config_, m))
+    return format_error(strformat("tensor '%s': module '%s' is not targeted by %s (target_modules %s); the config "
+                                  "and the weights disagree", t.name.c_str(), m.name.c_str(), config_.source.c_str(),
+                                  config_.target_modules.describe().c_str()));
+  Pending& p = factors_[m.name];
+  p.base = &m;
+  const TensorInfo*& slot = (key.role == Role::kA || key.role == Role::kEmbA) ? p.a : p.b;
+  if (slot) return format_error(strformat("tensor '%s': duplicate %s for module '%s' (also '%s')", t.name.c_str(),
+                                          role_name(key.role), m.name.c_str(), slot->name.c_str()));
+  slot = &t;
+  return Status::ok();
+}
+
+Status Loader::add_whole(const TensorInfo& t, const BaseModule& m) {
+  if (!is_module_to_save(config_, m.name))
+    return format_error(strformat("tensor '%s': a whole weight for module '%s', which is not in modules_to_save",
+                                  t.name.c_str(), m.name.c_str()));
+  if (!whole_.emplace(m.name, &t).second)
+    return format_error(strformat("tensor '%s': duplicate modules_to_save weight for module '%s' (also '%s')",
+                                  t.name.c_str(), m.name.c_str(), whole_[m.name]->name.c_str()));
+  return check_full_weight(t, m);
+}
+
+Status Loader::add_base_layer(const TensorInfo& t, const BaseModule& m) {
+  if (!is_targeted(config_, m))
+    return format_error(strformat("tensor '%s': base_layer weight for module '%s', which %s does not target "
+                                  "(target_modules %s)", t.name.c_str(), m.name.c_str(), config_.source.c_str(),
+                                  config_.target_modules.describe().c_str()));
+  base_layer_.emplace(m.name, &t);  // names are unique within a checkpoint
+  return check_full_weight(t, m);
+}
+
+Result<LoraModule> Loader::build_module(const std::string& name, const Pending& p) {
+  const BaseModule& m = *p.base;
+  bool emb = m.is_embedding();
+  if (!p.a || !p.b) {
+    const TensorInfo* have = p.a ? p.a : p.b;
+    return format_error(strformat("tensor '%s': module '%s' has %s but no %s", have->name.c_str(), name.c_str(),
+                                  role_name(p.a ? (emb ? Role::kEmbA : Role::kA) : (emb ? Role::kEmbB : Role::kB)),
+                                  role_name(p.a ? (emb ? Role::kEmbB : Role::kB) : (emb ? Role::kEmbA : Role::kA))));
+  }
+  ModuleLoraSpec spec = lora_spec_for(config_, name);
+  const int64_t r = spec.rank;
+  // PEFT: Linear lora_A [r, in], lora_B [out, r]; Embedding lora_embedding_A [r, num_embeddings],
+  // lora_embedding_B [embedding_dim, r] with num_embeddings = m.in, embedding_dim = m.out.
+  const long long in = m.in, out = m.out;
+  std::string rank_why = rank_origin(spec);
+  NB_RETURN_IF_ERROR(check_shape(*p.a, {r, m.in},
+                                 strformat("%s, %s %lld", rank_why.c_str(), emb ? "num_embeddings" : "in", in)));
+  NB_RETURN_IF_ERROR(check_shape(*p.b, {m.out, r},
+                                 strformat("%s %lld, %s", emb ? "embedding_dim" : "out", out, rank_why.c_str())));
+  LoraModule lm;
+  lm.module = name;
+  lm.kind = m.kind;
+  lm.rank = spec.rank;
+  lm.alpha = static_cast<float>(spec.alpha);
+  lm.scaling = spec.scaling;
+  NB_ASSIGN_OR_RETURN(lm.a, convert_2d(*p.a, dtype_, /*transpose=*/emb));
+  NB_ASSIGN_OR_RETURN(lm.b, convert_2d(*p.b, dtype_, /*transpose=*/false));
+  return lm;
+}
+
+Status Loader::finish(LoraAdapter* out) {
+  for (const auto& [name, p] : factors_) {
+    NB_ASSIGN_OR_RETURN(LoraModule lm, build_module(name, p));
+    out->modules.emplace(name, std::move(lm));
+  }
+  // PEFT saves every modules_to_save module it wrapped: a missing one means a truncated file.
+  for (const BaseModule& m : base_) {
+    if (!is_module_to_save(config_, m.name)) continue;
+    auto it = whole_.find(m.name);
+    if (it == whole_.end())
+      return format_error(strformat("module '%s' is in modules_to_save but the weights hold no '%s.weight'",
+                                    m.name.c_str(), m.name.c_str()));
+    // Whole weights keep the base layer's own layout and are converted like the factors.
+    NB_ASSIGN_OR_RETURN(HostTensor w, convert_2d(*it->second, dtype_, false));
+    out->modules_to_save.emplace(m.name, std::move(w));
+  }
+  for (const auto& [name, t] : base_layer_) {
+    if (!out->modules.count(name))
+      return format_error(strformat("tensor '%s': base_layer weight for module '%s', which has no LoRA factors",
+                                    t->name.c_str(), name.c_str()));
+    NB_ASSIGN_OR_RETURN(HostTensor w, convert_2d(*t, dtype_, false));
+    out->base_layer_weights.emplace(name, std::move(w));
+  }
+  if (out->modules.empty() && out->modules_to_save.empty())
+    return format_error("no LoRA or modules_to_save tensors for any module of the base model");
+  return Status::ok();
+}
+
+Result<LoraAdapter> load_adapter_impl(const std::string& name, const std::string& dir,
+                                      const std::vector<BaseModule>& base, DType dtype) {
+  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16)
+    return invalid_argument(strformat("adapter dtype %s: expected F32, BF16 or F16", dtype_name(dtype)));
+  if (!is_directory(dir)) return not_found(strformat("%s: adapter directory not found", dir.c_str()));
+  LoraAdapter adapter;
+  adapter.name = name;
+  adapter.dir = dir;
+  NB_ASSIGN_OR_RETURN(adapter.config, read_adapter_config(path_join(dir, kAdapterConfigFile)));
+  std::string weights = path_join(dir, kAdapterWeightsFile);
+  if (!file_exists(weights)) {
+    if (file_exists(path_join(dir, "adapter_model.bin")))
+      return unsupported(weights + " not found; adapter_model.bin (pickle) is not supported, save with "
+                                   "safe_serialization=True");
+    return not_found(weights + ": adapter weights not found");
+  }
+  NB_ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open_file(weights));
+  Loader loader(adapter.config, base, dtype);
+  NB_RETURN_IF_ERROR(loader.index_base());
+  for (const std::string& tname : ckpt.names()) {
+    NB_ASSIGN_OR_RETURN(const TensorInfo* t, ckpt.get(tname));
+    NB_RETURN_IF_ERROR(loader.classify(*t));
+  }
+  NB_RETURN_IF_ERROR(loader.finish(&adapter));
+  return adapter;
+}
+
+}  // namespace
+
+size_t LoraAdapter::bytes() const {
+  size_t n = 0;
+  for (const auto& [_, m] : modules) n += m.a.nbytes() + m.b.nbytes();
+  for (const auto& [_, w] : modules_to_save) n += w.nbytes();
+  for (const auto& [_, w] : base_layer_weights) n += w.nbytes();
+  return n;
+}
+
+int LoraAdapter::max_rank() const {
+  int r = 0;
+  for (const auto& [_, m] : modules) r = std::max(r, m.rank);
+  return r;
+}
+
+Result<LoraAdapter> load_adapter(const std::string& name, const std::string& dir, const std::vector<BaseModule>& base,
+                                 DType dtype) {
+  Result<LoraAdapter> r = load_adapter_impl(name, dir, base, dtype);
+  if (!r.is_ok()) return r.status().with_context(strformat("adapter '%s'", name.c_str()));
+  return r;
+}
+
+}  // namespace nb
