@@ -1,0 +1,284 @@
+#include "models/decoder.h"
+
+#include <algorithm>
+#include <set>
+
+#include "core/log.h"
+
+namespace nb::models {
+
+DenseDecoder::DenseDecoder(ModelConfig config, DecoderSpec spec) : config_(std::move(config)), spec_(std::move(spec)) {
+  const int64_t h = spec_.hidden;
+  for (int l = 0; l < spec_.num_layers; ++l) {
+    std::string p = strformat("model.layers.%d", l);
+    layers_.push_back(Layer{nn::RmsNorm(p + ".input_layernorm", h, spec_.rms_eps),
+                            nn::RmsNorm(p + ".post_attention_layernorm", h, spec_.rms_eps),
+                            nn::Attention(p + ".self_attn", spec_.attention),
+                            nn::GatedMlp(p + ".mlp.gate_proj", p + ".mlp.up_proj", p + ".mlp.down_proj", h,
+                                         spec_.intermediate, spec_.mlp_bias)});
+  }
+  final_norm_ = nn::RmsNorm("model.norm", h, spec_.rms_eps);
+  lm_head_ = nn::Linear("lm_head", spec_.vocab, h);
+}
+
+Status DenseDecoder::load(nn::WeightLoader& loader, bool verbose) {
+  backend_ = &loader.backend();
+  NB_ASSIGN_OR_RETURN(embed_, loader.load_dense("model.embed_tokens.weight", {spec_.vocab, spec_.hidden}));
+  Progress progress("loading layers", spec_.num_layers);
+  for (int l = 0; l < spec_.num_layers; ++l) {
+    Layer& layer = layers_[static_cast<size_t>(l)];
+    NB_RETURN_IF_ERROR(layer.input_norm.load(loader));
+    NB_RETURN_IF_ERROR(layer.post_norm.load(loader));
+    NB_RETURN_IF_ERROR(layer.attention.load(loader));
+    NB_RETURN_IF_ERROR(layer.mlp.load(loader));
+    if (verbose) progress.update(l + 1);
+  }
+  if (verbose) progress.finish();
+  NB_RETURN_IF_ERROR(final_norm_.load(loader));
+  bool tied = spec_.tie_embeddings || !loader.has_module("lm_head");
+  if (tied && !spec_.tie_embeddings)
+    NB_LOG_WARN("lm_head is absent although tie_word_embeddings is false: using the embedding table");
+  NB_RETURN_IF_ERROR(loader.load_linear(lm_head_, false, tied ? "model.embed_tokens" : ""));
+  NB_ASSIGN_OR_RETURN(nn::RopeFrequencies freq, nn::compute_rope(spec_.rope));
+  inv_freq_ = ops::upload_tensor(*backend_, TensorView{freq.inv_freq.data(), DType::kF32,
+                                                        {static_cast<int64_t>(freq.inv_freq.size())}, {}, Device::kCpu});
+  rope_.inv_freq = inv_freq_.buffer.as<float>();
+  rope_.rotary_dim = spec_.rope.rotary_dim;
+  rope_.attention_factor = freq.attention_factor;
+  rope_.neox = spec_.rope.neox;
+  for (nn::Linear* lin : linears())
+    for (size_t s = 0; s < lin->slices().size(); ++s) sites_[lin->slices()[s].module] = {lin, s};
+  return Status::ok();
+}
+
+KvSpec DenseDecoder::kv_spec() const {
+  return KvSpec{spec_.num_layers, spec_.attention.num_kv_heads, spec_.attention.head_dim, spec_.attention.head_dim};
+}
+
+std::vector<nn::Linear*> DenseDecoder::linears() {
+  std::vector<nn::Linear*> out;
+  for (Layer& layer : layers_) {
+    for (nn::Linear* l : layer.attention.linears()) out.push_back(l);
+    for (nn::Linear* l : layer.mlp.linears()) out.push_back(l);
+  }
+  out.push_back(&lm_head_);
+  return out;
+}
+
+std::vector<BaseModule> DenseDecoder::lora_modules() const {
+  std::vector<BaseModule> mods;
+  BaseModule embed;
+  embed.name = "model.embed_tokens";
+  embed.kind = BaseModule::Kind::kEmbedding;
+  embed.in = spec_.vocab;
+  embed.out = spec_.hidden;
+  mods.push_back(embed);
+  auto self = const_cast<DenseDecoder*>(this);
+  for (nn::Linear* lin : self->linears()) {
+    for (const nn::LoraSlice& s : lin->slices()) {
+      BaseModule m;
+      m.name = s.module;
+      m.out = s.size;
+      m.in = lin->in_features();
+      // "model.layers.<l>." -> l
+      if (s.module.rfind("model.layers.", 0) == 0) m.layer = std::atoi(s.module.c_str() + 13);
+      mods.push_back(m);
+    }
+  }
+  return mods;
+}
+
+int DenseDecoder::max_lora_rank() const {
+  int r = 0;
+  for (nn::Linear* l : const_cast<DenseDecoder*>(this)->linears()) r = std::max(r, l->max_lora_rank());
+  for (const SlotState& s : slots_) r = std::max(r, s.embed_lora.rank);
+  return r;
+}
+
+// ---- adapters ------------------------------------------------------------------------------------------
+
+Status DenseDecoder::install_adapter(int slot, const LoraAdapter& adapter) {
+  if (slot < 0) return internal_error("negative adapter slot");
+  if (slots_.size() <= static_cast<size_t>(slot)) slots_.resize(static_cast<size_t>(slot) + 1);
+  // Check everything first so a failure changes nothing.
+  for (const auto& [name, m] : adapter.modules) {
+    if (m.kind == BaseModule::Kind::kEmbedding ? name != "model.embed_tokens" : !sites_.count(name))
+      return format_error(strformat("module '%s' has no LoRA site in this model", name.c_str()));
+  }
+  for (const auto& [name, t] : adapter.modules_to_save) {
+    if (name != "lm_head" && name != "model.embed_tokens")
+      return unsupported(strformat("modules_to_save '%s' (supported: lm_head, model.embed_tokens)", name.c_str()));
+  }
+  remove_adapter(slot);
+  for (nn::Linear* l : linears()) l->reserve_lora_slots(static_cast<int>(slots_.size()));
+  SlotState& st = slots_[static_cast<size_t>(slot)];
+  ops::Backend& b = *backend_;
+  for (const auto& [name, m] : adapter.modules) {
+    st.buffers.push_back(ops::upload_buffer(b, m.a.data(), m.a.nbytes()));
+    const void* a = st.buffers.back().data();
+    st.buffers.push_back(ops::upload_buffer(b, m.b.data(), m.b.nbytes()));
+    ops::LoraFactors f{a, st.buffers.back().data(), m.rank, m.scaling};
+    if (m.kind == BaseModule::Kind::kEmbedding) {
+      st.embed_lora = f;
+      st.embed_lora_dtype = m.a.dtype();
+    } else {
+      auto [lin, slice] = sites_.at(name);
+      lin->set_lora(slot, slice, f, m.a.dtype());
+    }
+  }
+  for (const auto& [name, t] : adapter.modules_to_save) {
+    if (name == "lm_head") {
+      NB_ASSIGN_OR_RETURN(st.lm_head_replacement, b.pack_dense(t.view()));
+    } else {
+      st.embed_replacement = ops::upload_tensor(b, t.view());
+    }
+  }
+  st.used = true;
+  return Status::ok();
+}
+
+void DenseDecoder::remove_adapter(int slot) {
+  if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) return;
+  for (nn::Linear* l : linears()) l->clear_lora(slot);
+  slots_[static_cast<size_t>(slot)] = SlotState{};
+}
+
+// ---- forward ---------------------------------------------------------------------------------------------
+
+void DenseDecoder::ensure_workspace(int64_t tokens, int64_t rows) {
+  if (tokens <= ws_.tokens && rows <= ws_.rows) return;
+  tokens = std::max(tokens, ws_.tokens);
+  rows = std::max(rows, ws_.rows);
+  ws_ = Workspace{};
+  ws_.tokens = tokens;
+  ws_.rows = rows;
+  DType dt = backend_->activation_dtype();
+  const auto& a = spec_.attention;
+  auto make = [&](DType t, Shape shape) {
+    ws_.buffers.emplace_back(*backend_, dtype_bytes(t, static_cast<size_t>(shape_numel(shape))));
+    return ws_.buffers.back().view(t, std::move(shape));
+  };
+  ws_.h = make(dt, {tokens, spec_.hidden});
+  ws_.x = make(dt, {tokens, spec_.hidden});
+  ws_.tmp = make(dt, {tokens, spec_.hidden});
+  ws_.q = make(dt, {tokens, int64_t{a.num_heads} * a.head_dim});
+  ws_.k = make(dt, {tokens, int64_t{a.num_kv_heads} * a.head_dim});
+  ws_.v = make(dt, {tokens, int64_t{a.num_kv_heads} * a.head_dim});
+  ws_.attn = make(dt, {tokens, int64_t{a.num_heads} * a.head_dim});
+  ws_.gate = make(dt, {tokens, spec_.intermediate});
+  ws_.up = make(dt, {tokens, spec_.intermediate});
+  ws_.g = make(dt, {rows, spec_.hidden});
+  ws_.logits = make(dt, {rows, spec_.vocab});
+  ws_.logits_alt = make(dt, {rows, spec_.vocab});
+  ws_.logits_f32 = make(DType::kF32, {rows, spec_.vocab});
+  ws_.mask = make(dt, {tokens, 1});
+  ws_.inv_mask = make(dt, {tokens, 1});
+}
+
+// dst[r] = alt[r] for the rows whose slot is `slot` (multiplying by 0/1 masks keeps it in ops).
+void DenseDecoder::apply_row_masked(const nn::BatchContext& ctx, TensorView dst, TensorView alt, int slot, int64_t rows,
+                                    const int32_t* host_row_slot) {
+  std::vector<float> mask(static_cast<size_t>(rows)), inv(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    mask[static_cast<size_t>(r)] = host_row_slot[r] == slot ? 1.f : 0.f;
+    inv[static_cast<size_t>(r)] = 1.f - mask[static_cast<size_t>(r)];
+  }
+  TensorView m = nn::rows_view(ws_.mask, rows), im = nn::rows_view(ws_.inv_mask, rows);
+  TensorView mf{mask.data(), DType::kF32, {rows, 1}, {}, Device::kCpu}, imf{inv.data(), DType::kF32, {rows, 1}, {}, Device::kCpu};
+  ops::DeviceTensor md = ops::upload_tensor(*backend_, mf), imd = ops::upload_tensor(*backend_, imf);
+  ctx.backend->cast(m, md.view());
+  ctx.backend->cast(im, imd.view());
+  ctx.backend->mul(dst, dst, im);
+  ctx.backend->mul(alt, alt, m);
+  ctx.backend->add(dst, dst, alt);
+}
+
+void DenseDecoder::embed(const nn::BatchContext& ctx) {
+  const int64_t t = ctx.num_tokens;
+  TensorView h = nn::rows_view(ws_.h, t);
+  ctx.backend->embedding(h, embed_.view(), ctx.token_ids, t);
+  if (!ctx.row_slot) return;
+  std::set<int> present(ctx.host_row_slot, ctx.host_row_slot + t);
+  for (int slot : present) {
+    if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) continue;
+    const SlotState& st = slots_[static_cast<size_t>(slot)];
+    if (!st.embed_replacement.empty()) {  // modules_to_save: these rows use another table
+      TensorView alt = nn::rows_view(ws_.tmp, t);
+      ctx.backend->embedding(alt, st.embed_replacement.view(), ctx.token_ids, t);
+      apply_row_masked(ctx, h, alt, slot, t, ctx.host_row_slot);
+    }
+    if (st.embed_lora.rank > 0) {  // y += scaling * A^T[ids] @ B^T for this slot's rows
+      TensorView tmp = ctx.lora_scratch;
+      tmp.shape = {t, st.embed_lora.rank};
+      tmp.strides = {st.embed_lora.rank, 1};
+      TensorView table{const_cast<void*>(st.embed_lora.a), st.embed_lora_dtype, {spec_.vocab, st.embed_lora.rank}, {}, h.device};
+      ctx.backend->embedding(tmp, table, ctx.token_ids, t);
+      ops::LoraArgs args;
+      args.row_slot = ctx.row_slot;
+      args.host_row_slot = ctx.host_row_slot;
+      args.slots.resize(slots_.size());
+      args.slots[static_cast<size_t>(slot)] = st.embed_lora;
+      args.dtype = st.embed_lora_dtype;
+      args.max_rank = st.embed_lora.rank;
+      ctx.backend->lora_expand(h, tmp, args);
+    }
+  }
+}
+
+Status DenseDecoder::forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
+                             float* logits) {
+  const int64_t t = ctx.num_tokens;
+  ensure_workspace(t, static_cast<int64_t>(logit_rows.size()));
+  embed(ctx);
+  TensorView h = nn::rows_view(ws_.h, t), x = nn::rows_view(ws_.x, t), tmp = nn::rows_view(ws_.tmp, t);
+  nn::AttentionScratch as{ws_.q, ws_.k, ws_.v, ws_.attn};
+  nn::MlpScratch ms{ws_.gate, ws_.up};
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
+    layer.input_norm.forward(ctx, x, h);
+    layer.attention.forward(ctx, rope_, tmp, x, kv.k[l], kv.v[l], as);
+    ctx.backend->add(h, h, tmp);
+    layer.post_norm.forward(ctx, x, h);
+    layer.mlp.forward(ctx, tmp, x, ms);
+    ctx.backend->add(h, h, tmp);
+  }
+  return compute_logits(ctx, logit_rows, logits);
+}
+
+Status DenseDecoder::compute_logits(const nn::BatchContext& ctx, const std::vector<int32_t>& logit_rows, float* logits) {
+  const int64_t r = static_cast<int64_t>(logit_rows.size());
+  ops::Backend& b = *ctx.backend;
+  // Gather the wanted rows of the residual stream (the embedding op is a row gather).
+  ops::DeviceBuffer rows = ops::upload_buffer(b, logit_rows.data(), logit_rows.size() * sizeof(int32_t));
+  TensorView g = nn::rows_view(ws_.g, r);
+  b.embedding(g, nn::rows_view(ws_.h, ctx.num_tokens), rows.as<int32_t>(), r);
+  final_norm_.forward(ctx, g, g);
+  // The lm_head sees a batch of r rows, each with its own adapter slot.
+  nn::BatchContext sub = ctx;
+  sub.num_tokens = r;
+  std::vector<int32_t> host_slots;
+  ops::DeviceBuffer slots;
+  if (ctx.row_slot) {
+    for (int32_t row : logit_rows) host_slots.push_back(ctx.host_row_slot[row]);
+    slots = ops::upload_buffer(b, host_slots.data(), host_slots.size() * sizeof(int32_t));
+    sub.row_slot = slots.as<int32_t>();
+    sub.host_row_slot = host_slots.data();
+  }
+  TensorView out = nn::rows_view(ws_.logits, r);
+  lm_head_.forward(sub, out, g);
+  if (ctx.row_slot) {
+    std::set<int> present(host_slots.begin(), host_slots.end());
+    for (int slot : present) {
+      if (slot < 0 || static_cast<size_t>(slot) >= slots_.size() || !slots_[static_cast<size_t>(slot)].lm_head_replacement) continue;
+      TensorView alt = nn::rows_view(ws_.logits_alt, r);
+      b.linear(alt, g, *slots_[static_cast<size_t>(slot)].lm_head_replacement, nullptr);
+      apply_row_masked(sub, out, alt, slot, r, host_slots.data());
+    }
+  }
+  TensorView f32 = nn::rows_view(ws_.logits_f32, r);
+  b.cast(f32, out);
+  b.download(logits, f32.data, f32.nbytes());
+  return Status::ok();
+}
+
+}  // namespace nb::models

@@ -1,0 +1,82 @@
+// The dense decoder-only transformer shared by Llama, Mistral, Qwen2 and Qwen3: embedding,
+// N x (RMSNorm, GQA attention, RMSNorm, gated MLP) with residuals, final RMSNorm, lm_head.
+// Architectures differ only in DecoderSpec (biases, q/k norm, rope), filled by their own file.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/model.h"
+#include "nn/blocks.h"
+
+namespace nb::models {
+
+struct DecoderSpec {
+  int64_t vocab = 0, hidden = 0, intermediate = 0;
+  int num_layers = 0;
+  nn::AttentionSpec attention;
+  nn::RopeConfig rope;
+  float rms_eps = 1e-6f;
+  bool tie_embeddings = false;
+  bool mlp_bias = false;
+};
+
+class DenseDecoder : public Model {
+ public:
+  DenseDecoder(ModelConfig config, DecoderSpec spec);
+  Status load(nn::WeightLoader& loader, bool verbose);
+
+  const ModelConfig& config() const override { return config_; }
+  KvSpec kv_spec() const override;
+  std::vector<BaseModule> lora_modules() const override;
+  std::vector<nn::Linear*> linears() override;
+  Status install_adapter(int slot, const LoraAdapter& adapter) override;
+  void remove_adapter(int slot) override;
+  int max_lora_rank() const override;
+  Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
+                 float* logits) override;
+
+ private:
+  struct Layer {
+    nn::RmsNorm input_norm, post_norm;
+    nn::Attention attention;
+    nn::GatedMlp mlp;
+  };
+  // Device memory of one installed adapter.
+  struct SlotState {
+    std::vector<ops::DeviceBuffer> buffers;          // LoRA factors
+    ops::LoraFactors embed_lora;                      // on embed_tokens (a = A^T [vocab, r])
+    DType embed_lora_dtype = DType::kF32;
+    ops::DeviceTensor embed_replacement;              // modules_to_save embed_tokens
+    std::unique_ptr<ops::PackedWeight> lm_head_replacement;  // modules_to_save lm_head
+    bool used = false;
+  };
+  struct Workspace {
+    int64_t tokens = 0, rows = 0;
+    std::vector<ops::DeviceBuffer> buffers;
+    TensorView h, x, tmp, q, k, v, attn, gate, up;  // [T, ...]
+    TensorView g, logits, logits_alt, logits_f32, mask, inv_mask;  // [R, ...]
+  };
+  void ensure_workspace(int64_t tokens, int64_t rows);
+  void embed(const nn::BatchContext& ctx);
+  void apply_row_masked(const nn::BatchContext& ctx, TensorView dst, TensorView alt, int slot, int64_t rows,
+                        const int32_t* host_row_slot);
+  Status compute_logits(const nn::BatchContext& ctx, const std::vector<int32_t>& logit_rows, float* logits);
+
+  ModelConfig config_;
+  DecoderSpec spec_;
+  ops::Backend* backend_ = nullptr;
+  ops::DeviceTensor embed_;  // [vocab, hidden] as stored
+  std::vector<Layer> layers_;
+  nn::RmsNorm final_norm_;
+  nn::Linear lm_head_;
+  ops::DeviceTensor inv_freq_;
+  ops::RopeArgs rope_;
+  std::map<std::string, std::pair<nn::Linear*, size_t>> sites_;  // HF module -> (Linear, slice)
+  std::vector<SlotState> slots_;
+  Workspace ws_;
+};
+
+}  // namespace nb::models

@@ -1,0 +1,65 @@
+// A loaded model: hyper-parameters, weights on a backend, and a forward pass over one flat batch.
+// Architectures register a factory by their Hugging Face `architectures` name (registry.cpp).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/model_config.h"
+#include "lora/adapter.h"
+#include "nn/context.h"
+#include "nn/dummy_loader.h"
+#include "nn/linear.h"
+#include "ops/device_buffer.h"
+
+namespace nb::models {
+
+// KV-cache geometry the engine allocates for this model.
+struct KvSpec {
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;    // key head size
+  int v_head_dim = 0;  // value head size
+};
+
+// Per-layer cache tensors: k[l], v[l] = [slots, kv_heads, head_dim].
+struct KvViews {
+  std::vector<TensorView> k, v;
+};
+
+struct LoadOptions {
+  bool verbose = true;  // show progress while loading
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual KvSpec kv_spec() const = 0;
+  // Every module an adapter may target, with its logical shape (from the config, never from weights).
+  virtual std::vector<BaseModule> lora_modules() const = 0;
+  // Every Linear of the model (for installing adapter factors by module name).
+  virtual std::vector<nn::Linear*> linears() = 0;
+  // Puts an adapter's factors (and modules_to_save replacements) into adapter slot `slot`; rows of a
+  // batch name slots. Fails, changing nothing, if the adapter does not fit this model.
+  virtual Status install_adapter(int slot, const LoraAdapter& adapter) = 0;
+  virtual void remove_adapter(int slot) = 0;
+  // Largest LoRA rank installed anywhere (sizes the shrink scratch); 0 = none.
+  virtual int max_lora_rank() const = 0;
+  // Runs the batch; writes F32 logits [logit_rows.size(), vocab] to host memory `logits`.
+  // logit_rows: batch rows (host indices) whose logits are wanted.
+  virtual Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
+                         float* logits) = 0;
+};
+
+// Reads config.json, picks the architecture, loads and converts every weight onto `backend`.
+Result<std::unique_ptr<Model>> load_model(const std::string& model_dir, ops::Backend& backend,
+                                          const LoadOptions& options = {});
+
+// A model of `config`'s shapes with random weights (benchmarks). `linear_bytes` receives the bytes of
+// all Linear weights as stored on the device.
+Result<std::unique_ptr<Model>> make_dummy_model(const ModelConfig& config, const nn::DummyWeights& weights,
+                                                ops::Backend& backend, uint64_t* linear_bytes = nullptr);
+
+}  // namespace nb::models

@@ -1,0 +1,69 @@
+// Linear: the one door for every matrix product in every model (design.md rule 3).
+// A quantized or dense weight in the backend's kernel layout, an optional bias, and the LoRA site:
+// y = W x + b + sum over rows' adapters of scaling * B (A x).
+// A Linear may be a fusion of several Hugging Face modules (q/k/v, gate/up): each becomes a slice of
+// the output with its own name, so adapters address the modules they were trained on.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/context.h"
+#include "ops/device_buffer.h"
+#include "ops/ops.h"
+
+namespace nb::nn {
+
+struct LoraSlice {
+  std::string module;  // Hugging Face module name, e.g. "model.layers.0.self_attn.q_proj"
+  int64_t offset = 0;  // output columns [offset, offset + size)
+  int64_t size = 0;
+};
+
+class Linear {
+ public:
+  Linear() = default;
+  // A Linear computing the single module `name` with logical shape [out, in].
+  Linear(std::string name, int64_t out, int64_t in);
+  // A fused Linear whose output is the concatenation of `slices` (sizes must add up to out).
+  Linear(std::string name, int64_t in, std::vector<LoraSlice> slices);
+
+  // Installs the weight (already converted by the backend) and an optional bias [out] on the device.
+  Status set_weight(std::unique_ptr<ops::PackedWeight> weight, ops::DeviceBuffer bias, DType bias_dtype);
+
+  // out: [T, out]; x: [T, in].
+  void forward(const BatchContext& ctx, TensorView out, TensorView x) const;
+
+  const std::string& name() const { return name_; }
+  int64_t out_features() const { return out_; }
+  int64_t in_features() const { return in_; }
+  const std::vector<LoraSlice>& slices() const { return slices_; }
+  const ops::PackedWeight* weight() const { return weight_.get(); }
+
+  // LoRA factors of adapter slot `slot` for slice `slice` (factors live in device memory owned by
+  // the adapter manager). rank 0 clears it.
+  void set_lora(int slot, size_t slice, const ops::LoraFactors& factors, DType dtype);
+  void clear_lora(int slot);
+  // Makes every slice address slots [0, n) (rows may name any of them; unused slots have rank 0).
+  void reserve_lora_slots(int n);
+  int max_lora_rank() const;
+
+ private:
+  void apply_lora(const BatchContext& ctx, TensorView out, TensorView x) const;
+
+  std::string name_;
+  int64_t out_ = 0, in_ = 0;
+  std::vector<LoraSlice> slices_;
+  std::unique_ptr<ops::PackedWeight> weight_;
+  ops::DeviceBuffer bias_;
+  DType bias_dtype_ = DType::kF32;
+  // lora_[slice].slots[slot]: the factors of each adapter slot for one slice.
+  std::vector<ops::LoraArgs> lora_;
+  bool has_lora_ = false;
+};
+
+// A view of rows [0, rows) and columns [col, col + cols) of a row-major 2-D tensor.
+TensorView column_slice(TensorView t, int64_t col, int64_t cols);
+
+}  // namespace nb::nn

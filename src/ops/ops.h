@@ -1,0 +1,152 @@
+// The closed set of operations every backend implements (design.md: src/ops), and the backend
+// interface: device memory, weight conversion ("load plain, convert after") and the op table.
+//
+// Conventions
+// - Signatures read outputs, inputs, sizes (and, on CUDA, the backend's stream is implicit).
+// - Activations are TensorViews on the backend's device. The CPU backend computes in F32; the CUDA
+//   backend in BF16 or F16. Weights keep their stored dtype (BF16/F16/F32) unless packed.
+// - 2-D activations may carry a row stride (strides = {ld, 1}); everything else is contiguous.
+// - Shapes are given in comments as [rows, cols]; T = tokens in the batch, H = hidden size.
+// - Index arrays (ids, positions, adapter slots, block tables) are int32 in the backend's memory.
+// - The model code never calls a backend directly for matrix products: it goes through nn::Linear.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace nb::ops {
+
+// The canonical plain quantized weight as handed to a backend (filled by nn from quant's
+// QuantizedWeight; ops may not depend on quant). Host memory.
+struct QuantWeightView {
+  int64_t out = 0, in = 0;   // logical shape [out, in]
+  int bits = 4;              // 4 or 8
+  int64_t group_size = 0;    // columns per group (== in for channel-wise)
+  int64_t num_groups = 0;    // G = ceil(in / group_size)
+  const uint8_t* codes = nullptr;  // INT4: [out, ceil(in/2)] bytes, low nibble = even column, signed
+                                   // two's-complement nibbles; INT8: [out, in] int8
+  DType scale_dtype = DType::kBF16;
+  const void* scales = nullptr;    // [out, G]
+  const int8_t* zeros = nullptr;   // [out, G] signed, or null when symmetric
+  const int32_t* g_idx = nullptr;  // [in] group of each input column, or null when contiguous
+};
+
+// A weight in the backend's kernel layout. Keeps the logical shape and what it came from so that it
+// can be described and reloaded. Created by Backend::pack_*; owned by nn::Linear.
+class PackedWeight {
+ public:
+  virtual ~PackedWeight() = default;
+  int64_t out = 0, in = 0;
+  bool quantized = false;
+  int bits = 16;
+  int64_t group_size = 0;
+  size_t device_bytes = 0;  // memory the packed form occupies on the device
+};
+
+// One LoRA adapter's factors for one projection, in backend memory. A: [rank, in], B: [out, rank].
+struct LoraFactors {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  int rank = 0;
+  float scaling = 0.f;  // alpha/r or alpha/sqrt(r) (PEFT semantics, per module)
+};
+
+// The LoRA work of one projection for one batch: each row names an adapter slot or -1 (none).
+// Adapters are never padded to a common rank; rows without an adapter cost nothing.
+struct LoraArgs {
+  const int32_t* row_slot = nullptr;   // [T] device memory: slot index per row, -1 = no adapter
+  const int32_t* host_row_slot = nullptr;  // [T] the same indices in host memory (for planning)
+  std::vector<LoraFactors> slots;      // host array indexed by slot; rank 0 = slot unused here
+  DType dtype = DType::kF32;           // dtype of A and B
+  int max_rank = 0;                    // largest rank among the slots (sizes the shrink buffer)
+};
+
+// Paged KV cache description for one attention call.
+// k_cache/v_cache: [num_blocks * block_size, kv_heads, head_dim] (v: v_head_dim).
+struct AttentionArgs {
+  int num_seqs = 0;
+  const int32_t* query_start = nullptr;   // [num_seqs + 1] row offsets of each sequence's queries
+  const int32_t* context_lens = nullptr;  // [num_seqs] KV length including this step's tokens
+  const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq] physical block ids
+  int max_blocks_per_seq = 0;
+  int block_size = 16;
+  int num_heads = 0, num_kv_heads = 0;
+  int head_dim = 0, v_head_dim = 0;
+  float scale = 1.f;          // softmax scale (head_dim^-0.5 unless the model says otherwise)
+  int sliding_window = 0;     // 0 = full causal attention
+  int max_query_len = 0;      // host-side hints for kernel selection
+  int max_context_len = 0;
+};
+
+// Rotary embedding parameters, computed once by nn from the config's rope scaling variant.
+struct RopeArgs {
+  const float* inv_freq = nullptr;  // [rotary_dim / 2] device memory
+  int rotary_dim = 0;               // rotated leading dims of each head (<= head_dim)
+  float attention_factor = 1.f;     // multiplies cos and sin (yarn)
+  bool neox = true;                 // rotate_half style (Llama/Qwen); false = GPT-J interleaved pairs
+};
+
+struct SamplingParams {
+  float temperature = 0.f;  // 0 = greedy
+  int top_k = 0;            // 0 = off
+  float top_p = 1.f;        // 1 = off
+  uint64_t seed = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+  virtual DType activation_dtype() const = 0;
+
+  // ---- memory -------------------------------------------------------------------------------
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void dealloc(void* ptr) = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> device
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;  // device -> host
+  virtual void synchronize() = 0;
+
+  // ---- weights: load plain, convert after ------------------------------------------------------
+  virtual Result<std::unique_ptr<PackedWeight>> pack_quantized(const QuantWeightView& w) = 0;
+  // w: [out, in] host, BF16/F16/F32.
+  virtual Result<std::unique_ptr<PackedWeight>> pack_dense(const TensorView& w) = 0;
+
+  // ---- ops ----------------------------------------------------------------------------------------
+  // out: [T, H]; table: [V, H] host-layout dense weight already on the device; ids: [T].
+  virtual void embedding(TensorView out, TensorView table, const int32_t* ids, int64_t num_tokens) = 0;
+  // out, x: [rows, H]; weight: [H]. y = w * x / sqrt(mean(x^2) + eps), statistics in F32.
+  virtual void rms_norm(TensorView out, TensorView x, TensorView weight, float eps) = 0;
+  // out = a + b (same shape).
+  virtual void add(TensorView out, TensorView a, TensorView b) = 0;
+  // out = a * b elementwise, or a * b[row] when b is [rows, 1] (row-scalar, e.g. a sigmoid gate).
+  virtual void mul(TensorView out, TensorView a, TensorView b) = 0;
+  // out: [M, I] = silu(gate) * up; gate, up: [M, I] (may be column slices of one [M, 2I] buffer).
+  virtual void silu_mul(TensorView out, TensorView gate, TensorView up) = 0;
+  // x: [T, heads, head_dim] rotated in place at positions[T].
+  virtual void rope(TensorView x, const int32_t* positions, const RopeArgs& args) = 0;
+  // out: [M, N] = x: [M, K] @ W^T (+ bias [N]); the one matrix product (quantized or dense).
+  virtual void linear(TensorView out, TensorView x, const PackedWeight& w, const TensorView* bias) = 0;
+  // LoRA shrink: tmp [M, max_rank] (F32) = x[m] @ A_slot(m)^T for rows with an adapter.
+  virtual void lora_shrink(TensorView tmp, TensorView x, const LoraArgs& args) = 0;
+  // LoRA expand: y [M, N] += scaling_slot(m) * tmp[m, :rank] @ B_slot(m)^T.
+  virtual void lora_expand(TensorView y, TensorView tmp, const LoraArgs& args) = 0;
+  // Writes this step's keys/values into the paged cache at slot_mapping[T] (= block * block_size + offset).
+  virtual void kv_store(TensorView k_cache, TensorView v_cache, TensorView k, TensorView v,
+                        const int32_t* slot_mapping) = 0;
+  // out: [T, heads, v_head_dim]; q: [T, heads, head_dim]; causal over each sequence's context.
+  virtual void attention(TensorView out, TensorView q, TensorView k_cache, TensorView v_cache,
+                         const AttentionArgs& args) = 0;
+  // Picks one token per row of logits [M, V] (F32 on the host after download, or on device).
+  virtual void sample(int32_t* out_ids, TensorView logits, const std::vector<SamplingParams>& params,
+                      uint64_t step) = 0;
+  // Convert/copy between dtypes of the same shape (e.g. F32 logits for the sampler).
+  virtual void cast(TensorView out, TensorView in) = 0;
+};
+
+}  // namespace nb::ops

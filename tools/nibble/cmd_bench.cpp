@@ -1,0 +1,126 @@
+// nibble bench: decode and prefill speed with random weights at real model shapes.
+#include <cstdio>
+#include <random>
+
+#include "tools/nibble/cli.h"
+#include "tools/nibble/engine_args.h"
+
+namespace nb::cli {
+namespace {
+
+const char* kUsage =
+    "usage: nibble bench [--shape NAME] [--device cpu|cuda] [--bits 4|8|16] [--group-size N]\n"
+    "                    [--batch LIST] [--decode-tokens N] [--prefill-tokens N]\n"
+    "\n"
+    "Builds a model of a real shape with random weights (INT4 group 128 by default, bf16 lm_head) and\n"
+    "reports prefill tokens/s, decode tokens/s per batch size and the memory bandwidth a decode step\n"
+    "implies (Linear weight bytes per step / step time).\n\n"
+    "options:\n"
+    "  --shape NAME             llama-3.2-1b (default), llama-3-8b, qwen2.5-32b, tiny\n"
+    "  --bits N                 4 or 8 (quantized Linears), 16 (bf16 everywhere)\n"
+    "  --group-size N           quantization group (default 128; -1 = channel)\n"
+    "  --batch LIST             decode batch sizes (default 1,8)\n"
+    "  --decode-tokens N        tokens generated per row (default 32)\n"
+    "  --prefill-tokens N       prompt length for the prefill measurement (default 128)\n";
+
+// Hyper-parameters of the benchmark shapes (performance.md), as config.json text.
+Result<std::string> shape_config(const std::string& name) {
+  auto cfg = [](int hidden, int layers, int ffn, int heads, int kv, int vocab, bool tied) {
+    return strformat("{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d, "
+                     "\"num_hidden_layers\": %d, \"intermediate_size\": %d, \"num_attention_heads\": %d, "
+                     "\"num_key_value_heads\": %d, \"vocab_size\": %d, \"tie_word_embeddings\": %s, "
+                     "\"rms_norm_eps\": 1e-5, \"rope_theta\": 500000.0, \"max_position_embeddings\": 8192, "
+                     "\"hidden_act\": \"silu\"}",
+                     hidden, layers, ffn, heads, kv, vocab, tied ? "true" : "false");
+  };
+  if (name == "llama-3.2-1b") return cfg(2048, 16, 8192, 32, 8, 128256, false);
+  if (name == "llama-3-8b") return cfg(4096, 32, 14336, 32, 8, 128256, false);
+  if (name == "qwen2.5-32b") return cfg(5120, 64, 27648, 40, 8, 152064, false);
+  if (name == "tiny") return cfg(256, 2, 512, 4, 2, 1000, false);
+  return invalid_argument(strformat("unknown --shape '%s' (llama-3.2-1b, llama-3-8b, qwen2.5-32b, tiny)", name.c_str()));
+}
+
+std::vector<int32_t> random_ids(size_t n, int64_t vocab, std::mt19937& rng) {
+  std::vector<int32_t> ids(n);
+  for (auto& id : ids) id = static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+  return ids;
+}
+
+int run(const std::vector<std::string>& argv) {
+  auto parsed = Args::parse(argv, {"reference-kernels", "quiet"});
+  if (!parsed.is_ok()) return fail("bench", parsed.status());
+  Args& args = *parsed;
+  std::vector<std::string> known = {"shape", "bits", "group-size", "batch", "decode-tokens", "prefill-tokens"};
+  known.insert(known.end(), kEngineOptions.begin(), kEngineOptions.end());
+  if (Status s = args.check_known(known); !s.is_ok()) return fail("bench", s);
+  std::string shape = args.get("shape", "llama-3.2-1b");
+  auto text = shape_config(shape);
+  if (!text.is_ok()) return fail("bench", text.status());
+  auto config = parse_model_config(*text, "bench shape " + shape);
+  if (!config.is_ok()) return fail("bench", config.status());
+  auto bits = args.get_int("bits", 4);
+  auto group = args.get_int("group-size", 128);
+  auto decode_tokens = args.get_int("decode-tokens", 32);
+  auto prefill_tokens = args.get_int("prefill-tokens", 128);
+  auto batches = parse_int_list(args.get("batch", "1,8"));
+  for (const Status& s : {bits.status(), group.status(), decode_tokens.status(), prefill_tokens.status(), batches.status()})
+    if (!s.is_ok()) return fail("bench", s);
+  if (*bits != 4 && *bits != 8 && *bits != 16) return fail("bench", invalid_argument("--bits must be 4, 8 or 16"));
+  auto opts = engine_options_from(args, "");
+  if (!opts.is_ok()) return fail("bench", opts.status());
+  opts->dummy_config = *config;
+  opts->dummy_weights.bits = *bits == 16 ? 0 : static_cast<int>(*bits);
+  opts->dummy_weights.group_size = *group;
+  int64_t max_batch = 1;
+  for (int64_t b : *batches) max_batch = std::max(max_batch, b);
+  opts->max_kv_tokens = std::max<int64_t>(*prefill_tokens + 16, max_batch * (*decode_tokens + 24));
+  opts->max_model_len = static_cast<int>(std::max<int64_t>(*prefill_tokens, *decode_tokens + 16) + 16);
+  std::fprintf(stderr, "bench: building %s with random weights...\n", shape.c_str());
+  auto engine = engine::Engine::create(*opts);
+  if (!engine.is_ok()) return fail("bench", engine.status());
+  engine::Engine& e = **engine;
+  std::mt19937 rng(7);
+  const int64_t vocab = e.config().vocab_size;
+  double gb = static_cast<double>(e.linear_weight_bytes()) / 1e9;
+  std::printf("| shape | device | weights | Linear bytes/step | measurement | tokens/s | implied GB/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  std::string wdesc = *bits == 16 ? "bf16" : strformat("int%lld g%lld, bf16 lm_head", static_cast<long long>(*bits), static_cast<long long>(*group));
+  // Prefill: one prompt, one token out.
+  {
+    engine::GenerationRequest r;
+    r.prompt = random_ids(static_cast<size_t>(*prefill_tokens), vocab, rng);
+    r.max_tokens = 1;
+    engine::GenerationStats st;
+    auto warm = e.generate({r});  // warm-up (page faults, thread start)
+    if (!warm.is_ok()) return fail("bench", warm.status());
+    auto out = e.generate({r}, {}, &st);
+    if (!out.is_ok()) return fail("bench", out.status());
+    std::printf("| %s | %s | %s | %.3f GB | prefill %lld tokens | %.1f | - |\n", shape.c_str(), opts->device.c_str(),
+                wdesc.c_str(), gb, static_cast<long long>(*prefill_tokens), static_cast<double>(*prefill_tokens) / st.prefill_seconds);
+  }
+  for (int64_t b : *batches) {
+    std::vector<engine::GenerationRequest> reqs;
+    for (int64_t i = 0; i < b; ++i) {
+      engine::GenerationRequest r;
+      r.prompt = random_ids(8, vocab, rng);
+      r.max_tokens = static_cast<int>(*decode_tokens);
+      reqs.push_back(r);
+    }
+    engine::GenerationStats st;
+    auto out = e.generate(reqs, {}, &st);
+    if (!out.is_ok()) return fail("bench", out.status());
+    double steps = static_cast<double>(*decode_tokens - 1);
+    double tps = steps * static_cast<double>(b) / st.decode_seconds;
+    double gbs = gb * steps / st.decode_seconds;
+    std::printf("| %s | %s | %s | %.3f GB | decode batch %lld | %.1f | %.1f |\n", shape.c_str(), opts->device.c_str(),
+                wdesc.c_str(), gb, static_cast<long long>(b), tps, gbs);
+  }
+  return 0;
+}
+
+}  // namespace
+
+NB_REGISTER_COMMAND(bench_cmd, "bench", "decode/prefill speed with random weights at real shapes",
+                    std::string(kUsage) + kEngineOptionsHelp, run);
+
+}  // namespace nb::cli
