@@ -61,7 +61,7 @@ Status Engine::load_adapter(const std::string& name, const std::string& dir) {
     return out_of_range(strformat("cannot load adapter '%s': all %zu adapter slots are in use (--max-loras)",
                                   name.c_str(), slot_adapters_.size()));
   int slot = static_cast<int>(free_it - slot_adapters_.begin());
-  NB_ASSIGN_OR_RETURN(LoraAdapter adapter, ::nb::load_adapter(name, dir, model_->lora_modules(), DType::kF32));
+  NB_ASSIGN_OR_RETURN(LoraAdapter adapter, ::nb::load_adapter(name, dir, model_->lora_modules(), backend_->activation_dtype()));
   NB_RETURN_IF_ERROR(model_->install_adapter(slot, adapter).with_context(strformat("adapter '%s'", name.c_str())));
   *free_it = std::make_unique<LoraAdapter>(std::move(adapter));
   adapter_slots_[name] = slot;
