@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-MODEL ?= tests/data/models/tiny-qwen3-ct
+MODEL ?= models/demo
 
 .PHONY: all deps configure build test run clean fuzz
 
