@@ -102,8 +102,16 @@ std::unique_ptr<engine::Engine> make_engine(const std::string& dir, const Golden
 
 class GoldenTest : public ::testing::TestWithParam<std::tuple<std::string, Mode>> {};
 
+// The CPU computes in F32 like the reference: the fixture's fp32 tolerance. The CUDA backend keeps
+// activations in BF16 (8-bit mantissa): its logits can differ by a few BF16 ulps of the largest
+// logit, so the tolerance is 2^-8 of the largest reference logit of the case (at least the
+// fixture's model_dtype_atol). Adapters move the logits by 1.3-4.8 and one wrong LoRA scaling by
+// 0.7 or more (tools/fixtures/README.md), well above this.
 double tolerance(const Golden& g, Mode mode) {
-  return mode == Mode::kCuda ? g.meta["tolerance"]["model_dtype_atol"].get<double>() : g.atol;
+  if (mode != Mode::kCuda) return g.atol;
+  double max_logit = 0;
+  for (const auto& run : g.meta["runs"]) max_logit = std::max(max_logit, run["max_abs_logit"].get<double>());
+  return std::max(g.meta["tolerance"]["model_dtype_atol"].get<double>(), max_logit / 256.0);
 }
 
 #define NB_ENGINE_OR_SKIP(engine, mode)                                   \
