@@ -103,15 +103,17 @@ std::unique_ptr<engine::Engine> make_engine(const std::string& dir, const Golden
 class GoldenTest : public ::testing::TestWithParam<std::tuple<std::string, Mode>> {};
 
 // The CPU computes in F32 like the reference: the fixture's fp32 tolerance. The CUDA backend keeps
-// activations in BF16 (8-bit mantissa): its logits can differ by a few BF16 ulps of the largest
-// logit, so the tolerance is 2^-8 of the largest reference logit of the case (at least the
-// fixture's model_dtype_atol). Adapters move the logits by 1.3-4.8 and one wrong LoRA scaling by
-// 0.7 or more (tools/fixtures/README.md), well above this.
+// activations in BF16 whatever the checkpoint's dtype. For BF16 checkpoints the fixture measured how
+// far transformers itself moves when run in BF16 (model_dtype_atol = 2x that: 0.08-0.17 for logits
+// of magnitude ~4, i.e. 2-4% of the largest logit); for F32/F16 checkpoints it could not, and
+// model_dtype_atol is a 0.02 floor. So the CUDA tolerance is the larger of model_dtype_atol and
+// 2.5% of the largest reference logit — the lower end of what BF16 transformers needed. Adapters
+// move the logits by 1.3-4.8 and one wrong LoRA scaling by 0.7 or more (tools/fixtures/README.md).
 double tolerance(const Golden& g, Mode mode) {
   if (mode != Mode::kCuda) return g.atol;
   double max_logit = 0;
   for (const auto& run : g.meta["runs"]) max_logit = std::max(max_logit, run["max_abs_logit"].get<double>());
-  return std::max(g.meta["tolerance"]["model_dtype_atol"].get<double>(), max_logit / 256.0);
+  return std::max(g.meta["tolerance"]["model_dtype_atol"].get<double>(), max_logit / 40.0);
 }
 
 #define NB_ENGINE_OR_SKIP(engine, mode)                                   \
