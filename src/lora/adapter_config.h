@@ -13,7 +13,7 @@
 
 #include "core/status.h"
 #include "lora/base_module.h"
-#include "lora/py_regex.h"
+#include "io/py_regex.h"
 
 namespace nb {
 

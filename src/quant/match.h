@@ -1,14 +1,15 @@
-// compressed-tensors module selectors (formats.md §2.2), over PCRE2:
+// compressed-tensors module selectors (formats.md §2.2), over io/py_regex.h:
 //   "re:<pattern>"  Python re.match: anchored at the start only ("re:.*mlp.gate$" needs its own $)
 //   anything else   equality with the module's full name, or with its class name or a base-class name
 #pragma once
 
-#include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "core/status.h"
+#include "io/py_regex.h"
 
 namespace nb::quant {
 
@@ -23,9 +24,8 @@ class ModuleSelector {
   const std::string& text() const { return text_; }
 
  private:
-  struct Code;
   std::string text_;
-  std::shared_ptr<Code> regex_;  // null for an exact-name selector
+  std::optional<PyRegex> regex_;  // empty for an exact-name selector
 };
 
 }  // namespace nb::quant

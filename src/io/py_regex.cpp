@@ -1,4 +1,4 @@
-#include "lora/py_regex.h"
+#include "io/py_regex.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
