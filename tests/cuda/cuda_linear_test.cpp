@@ -1,6 +1,7 @@
 // linear on the CUDA backend (GEMV for small M, dequantize + cuBLAS for large M, dense cuBLAS) against
 // the CPU reference: INT4 and INT8, group sizes 32/64/128/channel, symmetric and asymmetric, g_idx,
-// BF16/F16/F32 scales, bias, odd shapes, M = 1, 3, 16, 33, 128, row-strided x and out.
+// BF16/F16/F32 scales, bias, odd shapes, M = 1 ... 200 (both sides of every path switch), row-strided x
+// and out; the tiled INT4 layout (w4_tiled.cu) wherever a weight qualifies, split-K on long rows.
 // Tolerance 1e-2 (bf16 activations, bf16 output). Method: cuda_ops_test.cpp.
 #include "cuda_fixture.h"
 #ifdef NIBBLE_HAVE_CUDA
@@ -76,6 +77,12 @@ std::vector<QCase> quant_cases() {
           cases.push_back({n, k, gs, asym, gidx, 4, sdt[i % 3], i % 3 == 1});
           ++i;
         }
+  // Long rows: the tiled INT4 kernel splits K over several warps (kw up to 16).
+  for (auto [n, k] : {std::pair<int64_t, int64_t>{48, 2048}, {16, 4096}})
+    for (bool asym : {false, true}) {
+      cases.push_back({n, k, 128, asym, false, 4, sdt[i % 3], asym});
+      ++i;
+    }
   for (auto [n, k] : {std::pair<int64_t, int64_t>{64, 128}, {33, 333}})
     for (int64_t gs : {64, 0})
       for (bool asym : {false, true}) cases.push_back({n, k, gs, asym, gs == 64 && asym, 8, sdt[i++ % 3], asym});
@@ -83,7 +90,7 @@ std::vector<QCase> quant_cases() {
 }
 
 TEST_F(CudaOps, LinearQuantizedSweep) {
-  const int64_t max_m = 128;
+  const int64_t max_m = 200;
   for (const QCase& c : quant_cases()) {
     QuantData q = make_quant(c, rng_);
     auto gw = gpu_->pack_quantized(q.view);
@@ -96,14 +103,16 @@ TEST_F(CudaOps, LinearQuantizedSweep) {
     std::vector<float> ref(static_cast<size_t>(max_m * c.n));
     TensorView hb = host(b, {c.n}), gbv = gb.view();
     cpu_->linear(host(ref, {max_m, c.n}), host(x, {max_m, c.k}), **cw, c.bias ? &hb : nullptr);
-    // Auto path per M (GEMV at 1, tensor cores at 3 and 16, dequantize + cuBLAS above), then each
-    // path forced at sizes it would not get by default.
+    // Auto path per M (tiled INT4 kernel up to 64 rows, else GEMV at 1, tensor
+    // cores at 3 and 16, dequantize + cuBLAS above), then each path forced at sizes it would not get
+    // by default.
     struct Run { int64_t m; int path; };
-    for (Run run : {Run{1, 0}, Run{3, 0}, Run{16, 0}, Run{33, 0}, Run{128, 0}, Run{16, 1}, Run{5, 2}, Run{1, 3}, Run{3, 3}}) {
+    for (Run run : {Run{1, 0}, Run{3, 0}, Run{16, 0}, Run{33, 0}, Run{64, 0}, Run{65, 0}, Run{128, 0}, Run{200, 0},
+                    Run{16, 1}, Run{5, 2}, Run{1, 3}, Run{3, 3}, Run{40, 4}, Run{150, 4}}) {
       const int64_t m = run.m;
 #ifdef NIBBLE_HAVE_CUDA
-      const cuda::LinearPath paths[4] = {cuda::LinearPath::kAuto, cuda::LinearPath::kGemv, cuda::LinearPath::kMma,
-                                         cuda::LinearPath::kDequantGemm};
+      const cuda::LinearPath paths[5] = {cuda::LinearPath::kAuto, cuda::LinearPath::kGemv, cuda::LinearPath::kMma,
+                                         cuda::LinearPath::kDequantGemm, cuda::LinearPath::kTiled};
       static_cast<cuda::CudaBackend&>(*gpu_).set_linear_path(paths[run.path]);
 #endif
       DeviceTensor out = ops::make_device_tensor(*gpu_, DType::kBF16, {m, c.n});

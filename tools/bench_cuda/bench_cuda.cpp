@@ -3,7 +3,7 @@
 // 1. device-to-device copy bandwidth (cudaMemcpyAsync of 2 GiB; bytes read + written / time);
 // 2. W4A16 linear (INT4, group 128, bf16 scales, symmetric) against cuBLAS bf16 (the same backend's
 //    dense linear) on [N, K] = 4096x4096, 14336x4096, 4096x14336, 8192x8192 at M = 1 ... 512, for
-//    the automatic path and for each forced path (GEMV, dequantize + cuBLAS).
+//    M = 1 ... 1024, for the automatic path and for each forced path (tiled INT4 kernel, dequantize + cuBLAS).
 // Timing: CUDA events around a loop over several weight copies (so weights come from HBM, not L2),
 // 5 repetitions, median. Random non-zero weights and activations.
 #include <cuda_runtime_api.h>
@@ -62,7 +62,7 @@ double copy_bandwidth(nb::cuda::CudaBackend& be) {
 
 struct Row {
   int64_t n, k, m;
-  double w4_us, gemv_us, mma_us, dq_us, bf16_us;
+  double w4_us, tiled_us, dq_us, bf16_us;
 };
 
 Row bench_shape(nb::cuda::CudaBackend& be, int64_t n, int64_t k, int64_t m, int qcopies, int dcopies,
@@ -79,10 +79,9 @@ Row bench_shape(nb::cuda::CudaBackend& be, int64_t n, int64_t k, int64_t m, int 
     be.set_linear_path(LinearPath::kAuto);
     return us;
   };
-  Row r{n, k, m, 0, 0, 0, 0, 0};
+  Row r{n, k, m, 0, 0, 0, 0};
   r.w4_us = run(LinearPath::kAuto, qw, qcopies);
-  r.gemv_us = m <= 64 ? run(LinearPath::kGemv, qw, qcopies) : 0;
-  r.mma_us = m <= 64 ? run(LinearPath::kMma, qw, qcopies) : 0;
+  r.tiled_us = m <= 512 ? run(LinearPath::kTiled, qw, qcopies) : 0;
   r.dq_us = run(LinearPath::kDequantGemm, qw, qcopies);
   r.bf16_us = run(LinearPath::kAuto, dw, dcopies);
   return r;
@@ -102,8 +101,8 @@ int main_impl(bool quick) {
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", bw);
 
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{4096, 4096}, {14336, 4096}, {4096, 14336}, {8192, 8192}};
-  std::vector<int64_t> ms = {1, 8, 16, 32, 64, 128, 512};
-  if (quick) ms = {1, 16, 128};
+  std::vector<int64_t> ms = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+  if (quick) ms = {1, 16, 64, 256};
   std::vector<Row> rows;
   for (auto [n, k] : shapes) {
     // One random INT4 g128 weight, packed several times so the copies exceed L2 (>= 256 MB in all).
@@ -115,7 +114,7 @@ int main_impl(bool quick) {
     nb::ops::QuantWeightView w;
     w.out = n; w.in = k; w.bits = 4; w.group_size = 128; w.num_groups = g;
     w.codes = codes.data(); w.scale_dtype = DType::kBF16; w.scales = scales.data();
-    const size_t qbytes = codes.size() + scales.size() * 4, dbytes = static_cast<size_t>(n * k) * 2;
+    const size_t qbytes = codes.size() + scales.size() * 2, dbytes = static_cast<size_t>(n * k) * 2;
     const int qcopies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / qbytes + 1));
     const int dcopies = static_cast<int>(std::max<size_t>(2, (size_t{256} << 20) / dbytes + 1));
     std::vector<std::unique_ptr<nb::ops::PackedWeight>> qw, dw;
@@ -128,15 +127,14 @@ int main_impl(bool quick) {
   }
   std::printf("\nW4A16 (INT4 g128, bf16) vs cuBLAS bf16 on %s; us per call (median of 5); ratio = cuBLAS / W4A16\n",
               prop.name);
-  std::printf("| N x K | M | W4A16 auto us | GEMV us | mma us | dequant+cuBLAS us | cuBLAS bf16 us | ratio | W4 weight GB/s | %% of copy bw |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| N x K | M | W4A16 auto us | tiled kernel us | dequant+cuBLAS us | cuBLAS bf16 us | ratio | W4 weight GB/s | %% of copy bw |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
-    const double wbytes = static_cast<double>(r.n * r.k) / 2 + static_cast<double>(r.n * (r.k / 128)) * 4;
+    const double wbytes = static_cast<double>(r.n * r.k) / 2 + static_cast<double>(r.n * (r.k / 128)) * 2;
     const double gbs = wbytes / (r.w4_us * 1e-6) / 1e9;
-    std::printf("| %lldx%lld | %lld | %.1f | %s | %s | %.1f | %.1f | %.2f | %.0f | %.0f%% |\n", static_cast<long long>(r.n),
+    std::printf("| %lldx%lld | %lld | %.1f | %s | %.1f | %.1f | %.2f | %.0f | %.0f%% |\n", static_cast<long long>(r.n),
                 static_cast<long long>(r.k), static_cast<long long>(r.m), r.w4_us,
-                r.gemv_us > 0 ? nb::strformat("%.1f", r.gemv_us).c_str() : "-",
-                r.mma_us > 0 ? nb::strformat("%.1f", r.mma_us).c_str() : "-", r.dq_us, r.bf16_us,
+                r.tiled_us > 0 ? nb::strformat("%.1f", r.tiled_us).c_str() : "-", r.dq_us, r.bf16_us,
                 r.bf16_us / r.w4_us, gbs, 100.0 * gbs / bw);
   }
   return 0;

@@ -34,6 +34,44 @@ __global__ void rms_norm_kernel(DevRows out, DevRows x, const void* w, DType w_d
     rows_set(out, r, c, load_f(w, w_dtype, c) * (rows_get(x, r, c) * inv));
 }
 
+// rms_norm for BF16/F16 rows of at most kNormVecs * 8 * kThreads columns (a multiple of 8), 16-byte
+// aligned: every thread keeps its columns in registers, so x is read once (one memory round trip).
+constexpr int kNormVecs = 4;
+template <typename T>
+__global__ void __launch_bounds__(kThreads) rms_norm_vec_kernel(DevRows out, DevRows x, const void* w, DType w_dtype,
+                                                                float eps) {
+  const int64_t r = blockIdx.x;
+  const T* xr = static_cast<const T*>(x.data) + r * x.ld;
+  T* orow = static_cast<T*>(out.data) + r * out.ld;
+  float v[kNormVecs][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNormVecs; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * kThreads + threadIdx.x) * 8;
+    if (c < x.cols) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(xr + c);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        v[i][j] = to_f(e[j]);
+        ss += v[i][j] * v[i][j];
+      }
+    }
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(x.cols) + eps);
+#pragma unroll
+  for (int i = 0; i < kNormVecs; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * kThreads + threadIdx.x) * 8;
+    if (c < x.cols) {
+      T e[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) e[j] = from_f<T>(load_f(w, w_dtype, c + j) * (v[i][j] * inv));
+      *reinterpret_cast<uint4*>(orow + c) = *reinterpret_cast<const uint4*>(e);
+    }
+  }
+}
+
 __global__ void binary_kernel(int op, DevRows out, DevRows a, DevRows b) {
   const int64_t total = out.rows * out.cols;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
@@ -134,7 +172,15 @@ void launch_embedding(cudaStream_t s, const DevRows& out, const DevRows& table, 
 
 void launch_rms_norm(cudaStream_t s, const DevRows& out, const DevRows& x, const void* w, DType w_dtype, float eps) {
   if (x.rows <= 0) return;
-  rms_norm_kernel<<<static_cast<unsigned>(x.rows), kThreads, 0, s>>>(out, x, w, w_dtype, eps);
+  const bool vec = x.dtype == out.dtype && (x.dtype == DType::kBF16 || x.dtype == DType::kF16) && x.cols % 8 == 0 &&
+                   x.cols <= int64_t{kNormVecs} * 8 * kThreads && x.ld % 8 == 0 && out.ld % 8 == 0 &&
+                   reinterpret_cast<uintptr_t>(x.data) % 16 == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
+  if (vec && x.dtype == DType::kBF16)
+    rms_norm_vec_kernel<__nv_bfloat16><<<static_cast<unsigned>(x.rows), kThreads, 0, s>>>(out, x, w, w_dtype, eps);
+  else if (vec)
+    rms_norm_vec_kernel<__half><<<static_cast<unsigned>(x.rows), kThreads, 0, s>>>(out, x, w, w_dtype, eps);
+  else
+    rms_norm_kernel<<<static_cast<unsigned>(x.rows), kThreads, 0, s>>>(out, x, w, w_dtype, eps);
   NB_CUDA_LAUNCHED();
 }
 

@@ -28,6 +28,7 @@
 #include <cstring>
 
 #include "backends/cuda/cuda_common.cuh"
+#include "backends/cuda/w4_tiled.h"
 #include "ops/quant_weight.h"
 
 namespace nb::cuda {
@@ -35,7 +36,8 @@ namespace nb::cuda {
 CudaQuantWeight::~CudaQuantWeight() {
   cudaDeviceSynchronize();  // a kernel in flight may still read the weight
   for (void* p : {codes, static_cast<void*>(scales), static_cast<void*>(zeros), static_cast<void*>(chunk_group),
-                  static_cast<void*>(src_col)})
+                  static_cast<void*>(src_col), static_cast<void*>(tscales), static_cast<void*>(toffs),
+                  static_cast<void*>(tile_group)})
     if (p) cudaFree(p);
 }
 
@@ -51,6 +53,7 @@ constexpr int kGemvWarps = 4;
 constexpr int kRowsPerWarp = 2;
 constexpr int kGemvMaxM = 8;   // rows of x per GEMV launch (the tile)
 constexpr int64_t kAutoGemvM = 16;  // kAuto: GEMV up to this M, dequantize + cuBLAS above
+constexpr int64_t kTiledMaxM = 64;  // kAuto on tiled weights: tiled kernel up to this M, dequantize + cuBLAS above (bench_cuda)
 
 struct QuantArgs {
   const uint8_t* codes;
@@ -418,6 +421,12 @@ Result<std::unique_ptr<ops::PackedWeight>> CudaBackend::pack_quantized(const ops
   // The tensor-core path builds (u - offset) exactly in bf16 only when 128 + offset stays below 256.
   p->mma_ok = w.bits == 4;
   for (float z : zeros) p->mma_ok = p->mma_ok && z >= 0.f && z <= 120.f;
+  if (tiled_eligible(*p, chunk_group)) {
+    pack_tiled(*this, *p, codes, scales, zeros, chunk_group);
+    p->src_col = upload_vec(*this, src_col);
+    p->device_bytes += src_col.size() * 4;
+    return std::unique_ptr<ops::PackedWeight>(std::move(p));
+  }
   p->codes = upload_vec(*this, codes);
   p->scales = upload_vec(*this, scales);
   p->zeros = upload_vec(*this, zeros);
@@ -443,11 +452,16 @@ Result<std::unique_ptr<ops::PackedWeight>> CudaBackend::pack_dense(const TensorV
   const size_t n = static_cast<size_t>(w.numel());
   p->data = alloc(dtype_bytes(act_, n));
   p->device_bytes = dtype_bytes(act_, n);
-  void* raw = scratch(3, w.nbytes());
-  upload(raw, w.data, w.nbytes());
-  const DevRows src{raw, w.dtype, 1, static_cast<int64_t>(n), static_cast<int64_t>(n)};
-  const DevRows dst{p->data, act_, 1, static_cast<int64_t>(n), static_cast<int64_t>(n)};
-  launch_binary(stream_, 4, dst, src, src);
+  if (w.dtype == act_) {  // already the activation dtype: straight into place
+    upload(p->data, w.data, w.nbytes());
+  } else {  // converted on the device through a temporary (freed at once: an lm_head is ~1.5 GB)
+    void* raw = alloc(w.nbytes());
+    upload(raw, w.data, w.nbytes());
+    const DevRows src{raw, w.dtype, 1, static_cast<int64_t>(n), static_cast<int64_t>(n)};
+    const DevRows dst{p->data, act_, 1, static_cast<int64_t>(n), static_cast<int64_t>(n)};
+    launch_binary(stream_, 4, dst, src, src);
+    dealloc(raw);
+  }
   synchronize();
   return std::unique_ptr<ops::PackedWeight>(std::move(p));
 }
@@ -527,6 +541,18 @@ void linear_quant(CudaBackend& be, const DevRows& out, const DevRows& x, const C
     ldx = w.kp;
   }
   LinearPath path = be.linear_path();
+  if (w.tiled) {
+    if (path == LinearPath::kAuto) path = x.rows <= kTiledMaxM ? LinearPath::kTiled : LinearPath::kDequantGemm;
+    if (path != LinearPath::kDequantGemm) {
+      tiled_gemm(be, out, xp, ldx, x.rows, w, bias);
+      return;
+    }
+    T* wd = static_cast<T*>(be.scratch(2, static_cast<size_t>(w.out * w.kp) * sizeof(T)));
+    tiled_dequantize(be, wd, w);
+    gemm(be, out, xp, ldx, wd, w.kp, x.dtype);
+    if (bias) launch_add_bias(s, out, bias->data, bias->dtype);
+    return;
+  }
   if (path == LinearPath::kAuto) {
     if (x.rows > kAutoGemvM) path = LinearPath::kDequantGemm;
     else if (x.rows == 1 || !w.mma_ok) path = LinearPath::kGemv;
