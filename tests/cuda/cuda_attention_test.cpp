@@ -1,6 +1,7 @@
 // kv_store, paged attention (decode, chunked prefill, prefill; GQA; sliding window; v_head_dim !=
 // head_dim) and grouped LoRA shrink/expand on the CUDA backend against the CPU reference.
 // Tolerances: caches are copies (exact); attention and LoRA 1e-2. Method: cuda_ops_test.cpp.
+// The sweep of the flash attention kernels (decode/prefill, splits, graphs): cuda_paged_attention_test.cpp.
 #include "cuda_fixture.h"
 
 namespace nb::cuda_test {
