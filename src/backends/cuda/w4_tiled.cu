@@ -209,7 +209,9 @@ __global__ void __launch_bounds__(max_warps<MT>() * 32) tiled_kernel(T* out, int
 }
 
 // Chunked byte stream [n, kp / 2] -> tiles. One thread per (n-tile, k-tile, lane).
-__global__ void retile_kernel(uint4* dst, const uint8_t* src, int64_t n, int64_t kp, int64_t ktiles, int64_t ntiles) {
+// flip: the source holds canonical signed nibbles (q), not u = q + 8: flip every nibble's sign bit.
+__global__ void retile_kernel(uint4* dst, const uint8_t* src, int64_t n, int64_t kp, int64_t ktiles, int64_t ntiles,
+                              bool flip) {
   const int64_t total = ntiles * ktiles * 32;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -218,8 +220,9 @@ __global__ void retile_kernel(uint4* dst, const uint8_t* src, int64_t n, int64_t
     const int64_t r0 = nt * 16 + g, r1 = r0 + 8;
     const int64_t byte0 = (kt * kTileK + 16 * t) / 2;  // 16 columns = 8 bytes
     uint64_t w0 = 0x8888888888888888ull, w1 = w0;      // padding rows: u = 8, weight 0
-    if (r0 < n) w0 = *reinterpret_cast<const uint64_t*>(src + r0 * (kp / 2) + byte0);
-    if (r1 < n) w1 = *reinterpret_cast<const uint64_t*>(src + r1 * (kp / 2) + byte0);
+    const uint64_t x = flip ? 0x8888888888888888ull : 0;
+    if (r0 < n) w0 = *reinterpret_cast<const uint64_t*>(src + r0 * (kp / 2) + byte0) ^ x;
+    if (r1 < n) w1 = *reinterpret_cast<const uint64_t*>(src + r1 * (kp / 2) + byte0) ^ x;
     auto nib = [](uint64_t w, int col) { return static_cast<uint32_t>((w >> (4 * col)) & 0xF); };
     uint32_t out[4];
 #pragma unroll
@@ -329,7 +332,7 @@ bool tiled_eligible(const CudaQuantWeight& p, const std::vector<int32_t>& chunk_
   return true;
 }
 
-void pack_tiled(CudaBackend& be, CudaQuantWeight& p, const std::vector<uint8_t>& chunked_codes,
+void pack_tiled(CudaBackend& be, CudaQuantWeight& p, const uint8_t* chunked_codes, bool canonical,
                 const std::vector<float>& scales, const std::vector<float>& offsets,
                 const std::vector<int32_t>& chunk_group) {
   const DType act = be.activation_dtype();
@@ -340,11 +343,12 @@ void pack_tiled(CudaBackend& be, CudaQuantWeight& p, const std::vector<uint8_t>&
   if (p.groups == 1) p.tiles_per_group = static_cast<int>(p.ktiles);
   // Codes: upload the chunked stream to a temporary buffer and retile on the device.
   const size_t tile_bytes = static_cast<size_t>(ntiles * p.ktiles) * 512;
-  void* src = be.alloc(chunked_codes.size());  // freed below: nothing of the load stays behind
-  be.upload(src, chunked_codes.data(), chunked_codes.size());
+  const size_t code_bytes = static_cast<size_t>(p.out * p.kp / 2);
+  void* src = be.alloc(code_bytes);  // freed below: nothing of the load stays behind
+  be.upload(src, chunked_codes, code_bytes);
   p.codes = be.alloc(tile_bytes);
   retile_kernel<<<grid_blocks(ntiles * p.ktiles * 32, 256), 256, 0, be.stream()>>>(
-      static_cast<uint4*>(p.codes), static_cast<const uint8_t*>(src), p.out, p.kp, p.ktiles, ntiles);
+      static_cast<uint4*>(p.codes), static_cast<const uint8_t*>(src), p.out, p.kp, p.ktiles, ntiles, canonical);
   NB_CUDA_LAUNCHED();
   // Scales and offsets: [n-tile][group][16] in the activation dtype.
   const size_t entries = static_cast<size_t>(ntiles * p.groups * 16);
