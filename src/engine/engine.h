@@ -2,6 +2,7 @@
 // which every row may name a different adapter (or none).
 #pragma once
 
+#include <array>
 #include <functional>
 #include <map>
 #include <optional>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "engine/block_manager.h"
+#include "lora/registry.h"
 #include "models/model.h"
 #include "ops/device_buffer.h"
 
@@ -18,12 +20,17 @@ namespace nb::engine {
 struct EngineOptions {
   std::string model_dir;
   std::string device = "cpu";     // cpu | cuda
-  int max_loras = 8;              // adapter slots usable in one batch
+  int max_loras = 8;              // adapter slots on the device: distinct adapters usable in one batch
+  int max_cpu_loras = 0;          // adapters kept loaded in host memory (LRU); 0 = no limit, else >= max_loras
   int kv_block_size = 16;
   int64_t max_kv_tokens = 0;      // KV-cache capacity in tokens; 0 = enough for max_model_len * 8 sequences
   int max_model_len = 0;          // 0 = min(max_position_embeddings, 4096)
   int64_t max_batch_tokens = 2048;  // rows per forward call (longer prompts are split)
   bool reference_kernels = false; // CPU: run the scalar reference ops (slow, for checking)
+  bool cuda_graphs = true;        // record decode steps as graphs where the backend can
+  // > 0: size the KV cache to fill this fraction of the device memory (after weights and a reserve
+  // for activations) instead of max_kv_tokens; the backend must report its memory.
+  double gpu_memory_fraction = 0;
   bool verbose = true;
   // Benchmarks: a model of this config's shapes with random weights instead of model_dir.
   std::optional<ModelConfig> dummy_config;
@@ -51,6 +58,42 @@ struct GenerationStats {
 // Called for every generated token: (request index, token id).
 using TokenCallback = std::function<void(size_t, int32_t)>;
 
+// The device slots one batch holds (Engine::acquire_adapter_slots). While held, no other batch can
+// take those slots. release() (or destruction) gives them back; it must happen before the engine
+// goes away. Move-only.
+class AdapterSlots {
+ public:
+  AdapterSlots() = default;
+  AdapterSlots(AdapterSlots&& o) noexcept { *this = std::move(o); }
+  AdapterSlots& operator=(AdapterSlots&& o) noexcept;
+  AdapterSlots(const AdapterSlots&) = delete;
+  AdapterSlots& operator=(const AdapterSlots&) = delete;
+  ~AdapterSlots() { release(); }
+
+  // The slot of each name given to acquire_adapter_slots, in order; -1 for "" (base model).
+  const std::vector<int>& slots() const { return slots_; }
+  // The slot of `name`; -1 for "" and for names this batch did not acquire.
+  int slot_of(const std::string& name) const;
+  void release();
+
+ private:
+  friend class Engine;
+  AdapterRegistry* registry_ = nullptr;
+  std::vector<std::string> held_;  // distinct adapter names, each holding one slot reference
+  std::vector<int> held_slots_;
+  std::vector<int> slots_;
+};
+
+// What start-up cost and took (nibble bench prints it).
+struct StartupStats {
+  double create_seconds = 0;    // Engine::create, all of it
+  double convert_seconds = 0;   // dummy models: uploading and converting the weights (not generating them)
+  double generate_seconds = 0;  // dummy models: making the random weights on the host (stands in for reading)
+  uint64_t weight_device_bytes = 0;  // device memory taken by the model (0 when the backend has none)
+  int64_t kv_tokens = 0;
+  uint64_t kv_bytes = 0;
+};
+
 class Engine {
  public:
   static Result<std::unique_ptr<Engine>> create(const EngineOptions& options);
@@ -60,11 +103,30 @@ class Engine {
   // Bytes of all Linear weights on the device (dummy models only; 0 otherwise).
   uint64_t linear_weight_bytes() const { return linear_bytes_; }
   ops::Backend& backend() { return *backend_; }
+  const StartupStats& startup() const { return startup_; }
+  // Turns the recording of decode steps as graphs on or off (benchmarks compare both).
+  void set_cuda_graphs(bool on) {
+    options_.cuda_graphs = on;
+    graphs_.clear();
+  }
 
-  // Loads a PEFT adapter under `name` and installs it into a free slot.
+  // Adapters live at three levels (lora/registry.h): registered by name; loaded in host memory, at
+  // most max_cpu_loras (LRU; an evicted adapter is reloaded from its directory when used again); and
+  // installed in one of max_loras device slots when a batch needs it.
+  // load_adapter validates `dir` against the model's modules (errors name the tensor or setting that
+  // does not fit) and keeps it in the CPU cache; when a slot is free it is installed there at once.
   Status load_adapter(const std::string& name, const std::string& dir);
-  Status unload_adapter(const std::string& name);
-  std::vector<std::string> adapters() const;
+  Status unload_adapter(const std::string& name);  // refused while a batch holds its slot
+  std::vector<std::string> adapters() const;       // registered names, sorted
+  const AdapterRegistry& adapter_registry() const { return *registry_; }
+
+  // Device slots for one batch: `names` holds each row's (or sequence's) adapter, "" = base model,
+  // repeats allowed. Reloads evicted adapters and installs the factors of every adapter that is not
+  // already in its slot (model_->install_adapter). Call once before the forward; the slots stay
+  // reserved for this batch until the result is released or destroyed (after the forward). Errors:
+  // an unknown adapter; more distinct adapters than slots ("this batch uses 9 distinct adapters but
+  // there are only 8 adapter slots (--max-loras 8)"); slots all held by other batches.
+  Result<AdapterSlots> acquire_adapter_slots(const std::vector<std::string>& names);
 
   // Generates for all requests together: each prompt is prefilled, then all rows decode as one
   // batch per step until each finishes.
@@ -94,7 +156,13 @@ class Engine {
     int max_blocks = 0, max_query = 0, max_context = 0;
   };
   Status allocate_kv(int64_t tokens);
-  Status run_forward(const BatchHost& h, float* logits);
+  // Runs one flat batch; returns its F32 logits [logit rows, vocab] in backend memory (valid until
+  // the next step).
+  Result<TensorView> run_forward(const BatchHost& h);
+  // step() without the download: the logits stay on the device.
+  Result<TensorView> step_device(const std::vector<StepInput>& inputs);
+  // -1 for "" (base), the adapter's slot now (-1 when it has none), or an error naming the loaded
+  // adapters when `adapter` is unknown.
   Result<int> slot_of(const std::string& adapter) const;
 
   EngineOptions options_;
@@ -104,10 +172,20 @@ class Engine {
   std::unique_ptr<BlockManager> blocks_;
   std::vector<ops::DeviceTensor> k_cache_, v_cache_;
   std::map<int64_t, int64_t> seq_len_;  // tokens already in the cache per sequence
-  std::map<std::string, int> adapter_slots_;
-  std::vector<std::unique_ptr<LoraAdapter>> slot_adapters_;  // by slot
+  std::unique_ptr<AdapterRegistry> registry_;  // adapters: CPU cache and device slots
   int64_t next_seq_id_ = 1 << 20;
+  // Per-step device state: the batch description, the LoRA shrink scratch, recorded decode steps.
+  std::vector<int32_t> stage_;
+  ops::DeviceBuffer step_buf_, lora_buf_;
+  uint64_t epoch_ = 0;  // bumped when step_buf_ or lora_buf_ move
+  struct RecordedStep {
+    std::unique_ptr<ops::Graph> graph;
+    TensorView logits;
+  };
+  std::map<std::pair<int64_t, bool>, RecordedStep> graphs_;  // by (rows, any adapter)
+  std::array<uint64_t, 3> graph_epoch_ = {~0ull, ~0ull, ~0ull};
   uint64_t linear_bytes_ = 0;
+  StartupStats startup_;
 };
 
 }  // namespace nb::engine

@@ -98,6 +98,18 @@ void store_value(const HostTensor& out, size_t i, float v) {
 Result<HostTensor> convert_2d(const TensorInfo& t, DType dtype, bool transpose) {
   const int64_t rows = t.shape[0], cols = t.shape[1];
   HostTensor out(dtype, transpose ? Shape{cols, rows} : Shape{rows, cols});
+  // Same 16-bit dtype, no transpose (bf16 factors for a bf16 engine, the CUDA case): a copy and a
+  // check of the exponent bits, an order of magnitude faster than converting value by value. A
+  // non-finite value falls through to the loop below, which names its position.
+  if (!transpose && t.dtype == dtype && (dtype == DType::kBF16 || dtype == DType::kF16)) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    std::memcpy(out.data(), t.data, n * sizeof(uint16_t));
+    const uint16_t* p = out.as<uint16_t>();
+    const uint16_t exponent = dtype == DType::kBF16 ? 0x7f80 : 0x7c00;
+    bool finite = true;
+    for (size_t i = 0; i < n; ++i) finite &= (p[i] & exponent) != exponent;
+    if (finite) return out;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       float v = source_value(t, static_cast<size_t>(r * cols + c));

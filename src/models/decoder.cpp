@@ -110,7 +110,7 @@ Status DenseDecoder::install_adapter(int slot, const LoraAdapter& adapter) {
       return unsupported(strformat("modules_to_save '%s' (supported: lm_head, model.embed_tokens)", name.c_str()));
   }
   remove_adapter(slot);
-  for (nn::Linear* l : linears()) l->reserve_lora_slots(static_cast<int>(slots_.size()));
+  for (nn::Linear* l : linears()) l->reserve_lora_slots(static_cast<int>(slots_.size()), backend_);
   SlotState& st = slots_[static_cast<size_t>(slot)];
   ops::Backend& b = *backend_;
   for (const auto& [name, m] : adapter.modules) {
@@ -150,6 +150,7 @@ void DenseDecoder::ensure_workspace(int64_t tokens, int64_t rows) {
   tokens = std::max(tokens, ws_.tokens);
   rows = std::max(rows, ws_.rows);
   ws_ = Workspace{};
+  ++ws_epoch_;
   ws_.tokens = tokens;
   ws_.rows = rows;
   DType dt = backend_->activation_dtype();
@@ -227,8 +228,29 @@ void DenseDecoder::embed(const nn::BatchContext& ctx) {
 
 Status DenseDecoder::forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
                              float* logits) {
+  ops::Backend& b = *ctx.backend;
+  nn::BatchContext c = ctx;
+  ops::DeviceBuffer rows = ops::upload_buffer(b, logit_rows.data(), logit_rows.size() * sizeof(int32_t));
+  c.num_logit_rows = static_cast<int64_t>(logit_rows.size());
+  c.logit_rows = rows.as<int32_t>();
+  std::vector<int32_t> host_slots;
+  ops::DeviceBuffer slots;
+  if (ctx.row_slot) {
+    for (int32_t row : logit_rows) host_slots.push_back(ctx.host_row_slot[row]);
+    slots = ops::upload_buffer(b, host_slots.data(), host_slots.size() * sizeof(int32_t));
+    c.logit_row_slot = slots.as<int32_t>();
+    c.host_logit_row_slot = host_slots.data();
+  }
+  NB_ASSIGN_OR_RETURN(TensorView f32, forward_device(c, kv));
+  b.download(logits, f32.data, f32.nbytes());
+  return Status::ok();
+}
+
+Result<TensorView> DenseDecoder::forward_device(const nn::BatchContext& ctx, const KvViews& kv) {
   const int64_t t = ctx.num_tokens;
-  ensure_workspace(t, static_cast<int64_t>(logit_rows.size()));
+  if (ctx.num_logit_rows <= 0 || !ctx.logit_rows || (ctx.row_slot && !ctx.logit_row_slot))
+    return invalid_argument("forward_device: the batch names no logit rows (or no slots for them)");
+  ensure_workspace(t, ctx.num_logit_rows);
   embed(ctx);
   TensorView h = nn::rows_view(ws_.h, t), x = nn::rows_view(ws_.x, t), tmp = nn::rows_view(ws_.tmp, t);
   nn::AttentionScratch as{ws_.q, ws_.k, ws_.v, ws_.attn};
@@ -242,43 +264,53 @@ Status DenseDecoder::forward(const nn::BatchContext& ctx, const KvViews& kv, con
     layer.mlp.forward(ctx, tmp, x, ms);
     ctx.backend->add(h, h, tmp);
   }
-  return compute_logits(ctx, logit_rows, logits);
+  return compute_logits(ctx);
 }
 
-Status DenseDecoder::compute_logits(const nn::BatchContext& ctx, const std::vector<int32_t>& logit_rows, float* logits) {
-  const int64_t r = static_cast<int64_t>(logit_rows.size());
+bool DenseDecoder::graph_safe(const int32_t* host_row_slot, int64_t rows) const {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int slot = host_row_slot[r];
+    if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) continue;
+    // Beyond this many rows the backends plan LoRA launches on the host (ops.h).
+    if (rows > ops::kLoraDecodeMaxRows) return false;
+    const SlotState& st = slots_[static_cast<size_t>(slot)];
+    // Embedding LoRA and modules_to_save replacements are planned on the host per step.
+    if (st.embed_lora.rank > 0 || !st.embed_replacement.empty() || st.lm_head_replacement) return false;
+    // Linear LoRA must read its slot table from device memory.
+    for (nn::Linear* l : const_cast<DenseDecoder*>(this)->linears())
+      if (!l->lora_device_driven()) return false;
+  }
+  return true;
+}
+
+TensorView DenseDecoder::compute_logits(const nn::BatchContext& ctx) {
+  const int64_t r = ctx.num_logit_rows;
   ops::Backend& b = *ctx.backend;
   // Gather the wanted rows of the residual stream (the embedding op is a row gather).
-  ops::DeviceBuffer rows = ops::upload_buffer(b, logit_rows.data(), logit_rows.size() * sizeof(int32_t));
   TensorView g = nn::rows_view(ws_.g, r);
-  b.embedding(g, nn::rows_view(ws_.h, ctx.num_tokens), rows.as<int32_t>(), r);
+  b.embedding(g, nn::rows_view(ws_.h, ctx.num_tokens), ctx.logit_rows, r);
   final_norm_.forward(ctx, g, g);
   // The lm_head sees a batch of r rows, each with its own adapter slot.
   nn::BatchContext sub = ctx;
   sub.num_tokens = r;
-  std::vector<int32_t> host_slots;
-  ops::DeviceBuffer slots;
   if (ctx.row_slot) {
-    for (int32_t row : logit_rows) host_slots.push_back(ctx.host_row_slot[row]);
-    slots = ops::upload_buffer(b, host_slots.data(), host_slots.size() * sizeof(int32_t));
-    sub.row_slot = slots.as<int32_t>();
-    sub.host_row_slot = host_slots.data();
+    sub.row_slot = ctx.logit_row_slot;
+    sub.host_row_slot = ctx.host_logit_row_slot;
   }
   TensorView out = nn::rows_view(ws_.logits, r);
   lm_head_.forward(sub, out, g);
   if (ctx.row_slot) {
-    std::set<int> present(host_slots.begin(), host_slots.end());
+    std::set<int> present(ctx.host_logit_row_slot, ctx.host_logit_row_slot + r);
     for (int slot : present) {
       if (slot < 0 || static_cast<size_t>(slot) >= slots_.size() || !slots_[static_cast<size_t>(slot)].lm_head_replacement) continue;
       TensorView alt = nn::rows_view(ws_.logits_alt, r);
       b.linear(alt, g, *slots_[static_cast<size_t>(slot)].lm_head_replacement, nullptr);
-      apply_row_masked(sub, out, alt, slot, r, host_slots.data());
+      apply_row_masked(sub, out, alt, slot, r, ctx.host_logit_row_slot);
     }
   }
   TensorView f32 = nn::rows_view(ws_.logits_f32, r);
   b.cast(f32, out);
-  b.download(logits, f32.data, f32.nbytes());
-  return Status::ok();
+  return f32;
 }
 
 }  // namespace nb::models

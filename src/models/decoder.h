@@ -37,6 +37,10 @@ class DenseDecoder : public Model {
   int max_lora_rank() const override;
   Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
                  float* logits) override;
+  Result<TensorView> forward_device(const nn::BatchContext& ctx, const KvViews& kv) override;
+  void reserve(int64_t tokens, int64_t rows) override { ensure_workspace(tokens, rows); }
+  uint64_t workspace_epoch() const override { return ws_epoch_; }
+  bool graph_safe(const int32_t* host_row_slot, int64_t rows) const override;
 
  private:
   struct Layer {
@@ -63,7 +67,8 @@ class DenseDecoder : public Model {
   void embed(const nn::BatchContext& ctx);
   void apply_row_masked(const nn::BatchContext& ctx, TensorView dst, TensorView alt, int slot, int64_t rows,
                         const int32_t* host_row_slot);
-  Status compute_logits(const nn::BatchContext& ctx, const std::vector<int32_t>& logit_rows, float* logits);
+  TensorView compute_logits(const nn::BatchContext& ctx);
+  uint64_t ws_epoch_ = 0;
 
   ModelConfig config_;
   DecoderSpec spec_;

@@ -51,6 +51,19 @@ class Model {
   // logit_rows: batch rows (host indices) whose logits are wanted.
   virtual Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
                          float* logits) = 0;
+
+  // The same pass without host transfers, for recorded (graph) decode steps: the wanted rows come
+  // from ctx.logit_rows / num_logit_rows (+ logit_row_slot), the result is F32 logits
+  // [num_logit_rows, vocab] in device memory, valid until the next forward. Allocates only when the
+  // workspace must grow (call reserve first when recording).
+  virtual Result<TensorView> forward_device(const nn::BatchContext& ctx, const KvViews& kv) = 0;
+  // Sizes the workspace for batches of up to `tokens` rows and `rows` logit rows.
+  virtual void reserve(int64_t tokens, int64_t rows) = 0;
+  // Changes whenever the workspace is reallocated (recordings made before then are stale).
+  virtual uint64_t workspace_epoch() const = 0;
+  // Whether a step whose rows use these adapter slots may be recorded: the per-row adapter work
+  // must then be driven by device memory alone.
+  virtual bool graph_safe(const int32_t* host_row_slot, int64_t rows) const = 0;
 };
 
 // Reads config.json, picks the architecture, loads and converts every weight onto `backend`.
@@ -59,7 +72,9 @@ Result<std::unique_ptr<Model>> load_model(const std::string& model_dir, ops::Bac
 
 // A model of `config`'s shapes with random weights (benchmarks). `linear_bytes` receives the bytes of
 // all Linear weights as stored on the device.
+// `convert_seconds` receives the time spent uploading and converting (not generating) the weights.
 Result<std::unique_ptr<Model>> make_dummy_model(const ModelConfig& config, const nn::DummyWeights& weights,
-                                                ops::Backend& backend, uint64_t* linear_bytes = nullptr);
+                                                ops::Backend& backend, uint64_t* linear_bytes = nullptr,
+                                                double* convert_seconds = nullptr, double* generate_seconds = nullptr);
 
 }  // namespace nb::models

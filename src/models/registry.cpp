@@ -69,7 +69,8 @@ Result<std::unique_ptr<Model>> load_model(const std::string& model_dir, ops::Bac
 }
 
 Result<std::unique_ptr<Model>> make_dummy_model(const ModelConfig& config, const nn::DummyWeights& weights,
-                                                ops::Backend& backend, uint64_t* linear_bytes) {
+                                                ops::Backend& backend, uint64_t* linear_bytes,
+                                                double* convert_seconds, double* generate_seconds) {
   NB_ASSIGN_OR_RETURN(SpecFn spec_fn, dense_spec_for(config.arch));
   NB_ASSIGN_OR_RETURN(DecoderSpec spec, spec_fn(config));
   nn::DummyLoader loader(backend, weights);
@@ -77,6 +78,8 @@ Result<std::unique_ptr<Model>> make_dummy_model(const ModelConfig& config, const
   auto model = std::make_unique<DenseDecoder>(config, std::move(spec));
   NB_RETURN_IF_ERROR(model->load(loader, false));
   if (linear_bytes) *linear_bytes = loader.linear_bytes();
+  if (convert_seconds) *convert_seconds = loader.convert_seconds();
+  if (generate_seconds) *generate_seconds = loader.generate_seconds();
   return std::unique_ptr<Model>(std::move(model));
 }
 

@@ -22,6 +22,13 @@ struct BatchContext {
   const int32_t* row_slot = nullptr;       // [T]
   const int32_t* host_row_slot = nullptr;  // [T]
   TensorView lora_scratch;                 // F32 [T, max_rank] for the shrink output
+
+  // The rows whose logits are wanted (Model::forward_device): [R] batch row indices and, when
+  // row_slot is set, their adapter slots; device memory, with the slots also on the host.
+  int64_t num_logit_rows = 0;
+  const int32_t* logit_rows = nullptr;
+  const int32_t* logit_row_slot = nullptr;
+  const int32_t* host_logit_row_slot = nullptr;
 };
 
 }  // namespace nb::nn

@@ -29,13 +29,19 @@ class DummyLoader : public WeightLoader {
   void set_tied(bool tied) { tied_ = tied; }
   // Bytes of all Linear weights as the backend stores them (what one decode step streams).
   uint64_t linear_bytes() const { return linear_bytes_; }
+  // Seconds spent handing weights to the backend (upload + conversion to its kernel layouts), as
+  // opposed to making the random values.
+  double convert_seconds() const { return convert_seconds_; }
+  double generate_seconds() const { return generate_seconds_; }  // making the random values
 
  private:
+  Status make_linear(Linear& linear, bool with_bias);
   ops::Backend* backend_;
   DummyWeights spec_;
   std::mt19937_64 rng_;
   bool tied_ = false;
   uint64_t linear_bytes_ = 0;
+  double convert_seconds_ = 0, generate_seconds_ = 0;
 };
 
 }  // namespace nb::nn

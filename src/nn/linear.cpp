@@ -15,6 +15,7 @@ Linear::Linear(std::string name, int64_t in, std::vector<LoraSlice> slices)
     out_ += s.size;
   }
   lora_.resize(slices_.size());
+  lora_tables_.resize(slices_.size());
 }
 
 Status Linear::set_weight(std::unique_ptr<ops::PackedWeight> weight, ops::DeviceBuffer bias, DType bias_dtype) {
@@ -65,12 +66,19 @@ void Linear::apply_lora(const BatchContext& ctx, TensorView out, TensorView x) c
 void Linear::set_lora(int slot, size_t slice, const ops::LoraFactors& factors, DType dtype) {
   NB_CHECK(slice < slices_.size() && slot >= 0, "slot %d slice %zu", slot, slice);
   auto& args = lora_[slice];
-  if (args.slots.size() <= static_cast<size_t>(slot)) args.slots.resize(static_cast<size_t>(slot) + 1);
-  args.slots[static_cast<size_t>(slot)] = factors;
+  const bool grew = args.slots.size() <= static_cast<size_t>(slot);
+  if (grew) args.slots.resize(static_cast<size_t>(slot) + 1);
+  ops::LoraFactors& cur = args.slots[static_cast<size_t>(slot)];
+  const bool same = cur.a == factors.a && cur.b == factors.b && cur.rank == factors.rank &&
+                    cur.scaling == factors.scaling && args.dtype == dtype;
+  // Clearing an empty slot (every install clears first) changes nothing: skip the upload.
+  if (same && !grew) return;
+  cur = factors;
   args.dtype = dtype;
   args.max_rank = 0;
   for (const auto& f : args.slots) args.max_rank = std::max(args.max_rank, f.rank);
   has_lora_ = max_lora_rank() > 0;
+  upload_lora_table(slice, slot);
 }
 
 void Linear::clear_lora(int slot) {
@@ -79,9 +87,38 @@ void Linear::clear_lora(int slot) {
   }
 }
 
-void Linear::reserve_lora_slots(int n) {
-  for (auto& args : lora_)
+void Linear::reserve_lora_slots(int n, ops::Backend* backend) {
+  if (backend) lora_backend_ = backend;
+  for (size_t i = 0; i < lora_.size(); ++i) {
+    auto& args = lora_[i];
     if (args.slots.size() < static_cast<size_t>(n)) args.slots.resize(static_cast<size_t>(n));
+    if (lora_tables_[i].bytes() != args.slots.size() * sizeof(ops::LoraFactors)) upload_lora_table(i, -1);
+  }
+}
+
+void Linear::upload_lora_table(size_t slice, int slot) {
+  if (!lora_backend_ || lora_backend_->device() == Device::kCpu) return;
+  ops::LoraArgs& args = lora_[slice];
+  ops::DeviceBuffer& table = lora_tables_[slice];
+  const size_t entry = sizeof(ops::LoraFactors), bytes = args.slots.size() * entry;
+  if (bytes == 0) return;
+  if (table.bytes() != bytes) {
+    table = ops::DeviceBuffer(*lora_backend_, bytes);  // only when the slot count grows
+    slot = -1;
+  }
+  if (slot < 0) {
+    lora_backend_->upload(table.data(), args.slots.data(), bytes);
+  } else {
+    lora_backend_->upload(static_cast<uint8_t*>(table.data()) + static_cast<size_t>(slot) * entry,
+                          &args.slots[static_cast<size_t>(slot)], entry);
+  }
+  args.device_slots = table.as<ops::LoraFactors>();
+}
+
+bool Linear::lora_device_driven() const {
+  for (const auto& a : lora_)
+    if (a.max_rank > 0 && !a.device_slots) return false;
+  return true;
 }
 
 int Linear::max_lora_rank() const {

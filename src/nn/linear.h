@@ -42,15 +42,28 @@ class Linear {
   const ops::PackedWeight* weight() const { return weight_.get(); }
 
   // LoRA factors of adapter slot `slot` for slice `slice` (factors live in device memory owned by
-  // the adapter manager). rank 0 clears it.
+  // the adapter manager). rank 0 clears it. Keeps the slice's device slot table (see
+  // reserve_lora_slots) in step: only the changed entry is uploaded.
   void set_lora(int slot, size_t slice, const ops::LoraFactors& factors, DType dtype);
   void clear_lora(int slot);
   // Makes every slice address slots [0, n) (rows may name any of them; unused slots have rank 0).
-  void reserve_lora_slots(int n);
+  // With a backend that has its own memory (CUDA), each slice also gets a device copy of its slot
+  // table (ops::LoraArgs::device_slots), allocated here through `backend` (null: the one given
+  // before) and reallocated only when n grows: reserve every slot once, up front, and the table's
+  // address stays fixed while adapters come and go (CUDA graphs capture it).
+  void reserve_lora_slots(int n, ops::Backend* backend = nullptr);
   int max_lora_rank() const;
+  // Whether this Linear's LoRA work needs nothing from the host per step (so a step can be
+  // recorded as a graph): true without adapters, or when every slice with adapters has a device
+  // slot table — which the CUDA backend reads for batches of at most ops::kLoraDecodeMaxRows rows
+  // (larger batches plan on the host: never record those with adapters).
+  bool lora_device_driven() const;
 
  private:
   void apply_lora(const BatchContext& ctx, TensorView out, TensorView x) const;
+  // Uploads entry `slot` (all entries when -1, or when the table had to be (re)allocated) of
+  // slice `slice`'s device slot table.
+  void upload_lora_table(size_t slice, int slot);
 
   std::string name_;
   int64_t out_ = 0, in_ = 0;
@@ -60,6 +73,10 @@ class Linear {
   DType bias_dtype_ = DType::kF32;
   // lora_[slice].slots[slot]: the factors of each adapter slot for one slice.
   std::vector<ops::LoraArgs> lora_;
+  // lora_tables_[slice]: device copy of lora_[slice].slots (lora_[slice].device_slots points into
+  // it); empty on the CPU backend.
+  std::vector<ops::DeviceBuffer> lora_tables_;
+  ops::Backend* lora_backend_ = nullptr;
   bool has_lora_ = false;
 };
 

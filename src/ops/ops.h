@@ -64,7 +64,15 @@ struct LoraArgs {
   std::vector<LoraFactors> slots;      // host array indexed by slot; rank 0 = slot unused here
   DType dtype = DType::kF32;           // dtype of A and B
   int max_rank = 0;                    // largest rank among the slots (sizes the shrink buffer)
+  // Optional: the same [slots.size()] entries in device memory, kept up to date by nn::Linear on
+  // backends with their own memory (null on the CPU backend). With it, the CUDA backend runs
+  // decode-sized batches (rows <= kLoraDecodeMaxRows) reading only row_slot and this table on the
+  // device: no host planning, no allocation, no synchronization, launch grids fixed by (rows, K or
+  // N, max_rank), so a captured CUDA graph stays valid while adapters are swapped in slots.
+  const LoraFactors* device_slots = nullptr;
 };
+// Batches of at most this many rows take the device-table path above (decode steps).
+inline constexpr int kLoraDecodeMaxRows = 64;
 
 // Paged KV cache description for one attention call.
 // k_cache/v_cache: [num_blocks * block_size, kv_heads, head_dim] (v: v_head_dim).
@@ -96,6 +104,14 @@ struct SamplingParams {
   int top_k = 0;            // 0 = off
   float top_p = 1.f;        // 1 = off
   uint64_t seed = 0;
+};
+
+// A recorded sequence of ops (a CUDA graph) replayed with the same pointers and sizes; the values
+// behind the pointers may change between replays.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual void launch() = 0;
 };
 
 class Backend {
@@ -147,6 +163,25 @@ class Backend {
                       uint64_t step) = 0;
   // Convert/copy between dtypes of the same shape (e.g. F32 logits for the sampler).
   virtual void cast(TensorView out, TensorView in) = 0;
+
+  // ---- recording (decode steps as CUDA graphs) ----------------------------------------------------
+  // Ops issued between begin_capture and end_capture are recorded instead of run; they must not
+  // allocate, transfer or synchronise. end_capture returns null when recording failed (the ops
+  // then did not run either). Backends without graphs return false / null.
+  virtual bool supports_graphs() const { return false; }
+  virtual void begin_capture() {}
+  virtual std::unique_ptr<Graph> end_capture() { return nullptr; }
+  // Changes whenever a scratch buffer a recorded op may use is reallocated (recordings made
+  // before then are stale).
+  virtual uint64_t memory_epoch() const { return 0; }
+  // Free and total bytes of device memory, where the backend has its own (false: host memory).
+  virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) const {
+    (void)free_bytes;
+    (void)total_bytes;
+    return false;
+  }
+  // Asynchronous host -> device copy from host memory that stays valid until the next synchronize.
+  virtual void upload_async(void* dst, const void* src, size_t bytes) { upload(dst, src, bytes); }
 };
 
 }  // namespace nb::ops

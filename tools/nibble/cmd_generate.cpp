@@ -89,7 +89,7 @@ Status read_sampling(const Args& args, engine::GenerationRequest* r) {
 }
 
 int run(const std::vector<std::string>& argv) {
-  auto parsed = Args::parse(argv, {"reference-kernels", "quiet", "ignore-eos", "show-ids"});
+  auto parsed = Args::parse(argv, {"reference-kernels", "quiet", "no-cuda-graphs", "ignore-eos", "show-ids"});
   if (!parsed.is_ok()) return fail("generate", parsed.status());
   Args& args = *parsed;
   std::vector<std::string> known = {"prompt", "chat", "system", "chat-template", "prompt-ids", "max-tokens",

@@ -20,7 +20,7 @@ const char* kUsage =
     "  --all-positions          logits of every position, not only the last\n";
 
 int run(const std::vector<std::string>& argv) {
-  auto parsed = Args::parse(argv, {"all-positions", "reference-kernels", "quiet"});
+  auto parsed = Args::parse(argv, {"all-positions", "reference-kernels", "quiet", "no-cuda-graphs"});
   if (!parsed.is_ok()) return fail("logits", parsed.status());
   Args& args = *parsed;
   std::vector<std::string> known = {"ids", "out", "all-positions"};

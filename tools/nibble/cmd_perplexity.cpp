@@ -35,7 +35,7 @@ double nll(const float* row, int64_t vocab, int32_t target) {
 }
 
 int run(const std::vector<std::string>& argv) {
-  auto parsed = Args::parse(argv, {"reference-kernels", "quiet"});
+  auto parsed = Args::parse(argv, {"reference-kernels", "quiet", "no-cuda-graphs"});
   if (!parsed.is_ok()) return fail("perplexity", parsed.status());
   Args& args = *parsed;
   std::vector<std::string> known = {"file", "ctx", "stride", "max-tokens"};

@@ -31,9 +31,14 @@ DevRows dev_rows(const TensorView& t) {
 
 CudaBackend::CudaBackend(int device, DType activation) : device_(device), act_(activation) {
   NB_CUDA_CHECK(cudaSetDevice(device_));
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device_) == cudaSuccess) device_name_ = prop.name;
   NB_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   NB_CUBLAS_CHECK(cublasCreate(&cublas_));
   NB_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  // A fixed cuBLAS workspace: cuBLAS then never allocates inside a recorded graph.
+  cublas_workspace_ = alloc(kCublasWorkspace);
+  NB_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspace));
 }
 
 CudaBackend::~CudaBackend() {
@@ -41,12 +46,22 @@ CudaBackend::~CudaBackend() {
   for (int i = 0; i < kScratchSlots; ++i)
     if (scratch_ptr_[i]) cudaFree(scratch_ptr_[i]);
   if (cublas_) cublasDestroy(cublas_);
+  if (cublas_workspace_) cudaFree(cublas_workspace_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
 void* CudaBackend::alloc(size_t bytes) {
   void* p = nullptr;
-  NB_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(bytes, 256)));
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+  if (err == cudaErrorMemoryAllocation) {
+    size_t free_b = 0, total_b = 0;
+    cudaGetLastError();
+    cudaMemGetInfo(&free_b, &total_b);
+    NB_CHECK(false, "out of GPU memory: %.2f GiB requested, %.2f GiB free of %.2f GiB on %s; use a smaller "
+             "--max-model-len / KV cache or a GPU with more memory", bytes / 1073741824.0, free_b / 1073741824.0,
+             total_b / 1073741824.0, device_name_.c_str());
+  }
+  NB_CUDA_CHECK(err);
   return p;
 }
 
@@ -72,11 +87,61 @@ void* CudaBackend::scratch(int index, size_t bytes) {
   NB_CHECK(index >= 0 && index < kScratchSlots, "scratch slot %d", index);
   if (bytes > scratch_bytes_[index]) {
     if (scratch_ptr_[index]) dealloc(scratch_ptr_[index]);
+    NB_CHECK(!capturing_, "scratch slot %d must grow to %zu bytes while recording a graph (warm up first)", index, bytes);
     const size_t grown = std::max(bytes, scratch_bytes_[index] * 3 / 2);
     scratch_ptr_[index] = alloc(grown);
     scratch_bytes_[index] = grown;
+    ++epoch_;
   }
   return scratch_ptr_[index];
+}
+
+bool CudaBackend::device_memory(size_t* free_bytes, size_t* total_bytes) const {
+  return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
+}
+
+void CudaBackend::upload_async(void* dst, const void* src, size_t bytes) {
+  NB_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+// ---- graphs ---------------------------------------------------------------------------------------
+
+namespace {
+class CudaGraph : public ops::Graph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  void launch() override { NB_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+}  // namespace
+
+void CudaBackend::begin_capture() {
+  NB_CHECK(!capturing_, "begin_capture: already recording");
+  NB_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+}
+
+std::unique_ptr<ops::Graph> CudaBackend::end_capture() {
+  NB_CHECK(capturing_, "end_capture without begin_capture");
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+  if (err != cudaSuccess || !graph) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  cudaGraphExec_t exec = nullptr;
+  err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return std::make_unique<CudaGraph>(exec, stream_);
 }
 
 // ---- simple ops -----------------------------------------------------------------------------------
@@ -122,6 +187,13 @@ void CudaBackend::cast(TensorView out, TensorView in) {
   const DevRows o = dev_rows(out), i = dev_rows(in);
   NB_CHECK(o.rows == i.rows && o.cols == i.cols, "cast: %s <- %s", shape_to_string(out.shape).c_str(),
            shape_to_string(in.shape).c_str());
+  if (o.dtype == i.dtype) {  // a plain copy: the copy engine path runs at full bandwidth
+    const size_t esz = dtype_bytes(o.dtype, 1);
+    NB_CUDA_CHECK(cudaMemcpy2DAsync(o.data, static_cast<size_t>(o.ld) * esz, i.data, static_cast<size_t>(i.ld) * esz,
+                                    static_cast<size_t>(o.cols) * esz, static_cast<size_t>(o.rows),
+                                    cudaMemcpyDeviceToDevice, stream_));
+    return;
+  }
   launch_binary(stream_, 4, o, i, i);
 }
 
@@ -154,7 +226,7 @@ void CudaBackend::kv_store(TensorView k_cache, TensorView v_cache, TensorView k,
 
 void CudaBackend::attention(TensorView out, TensorView q, TensorView k_cache, TensorView v_cache,
                             const ops::AttentionArgs& args) {
-  launch_attention(stream_, out, q, k_cache, v_cache, args);
+  launch_attention(*this, out, q, k_cache, v_cache, args);
 }
 
 void CudaBackend::sample(int32_t* out_ids, TensorView logits, const std::vector<ops::SamplingParams>& params,

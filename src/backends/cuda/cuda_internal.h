@@ -57,6 +57,13 @@ class CudaQuantWeight : public ops::PackedWeight {
   float* zeros = nullptr;     // [out, G] (8 + z for INT4, z for INT8; null when symmetric INT8)
   int32_t* chunk_group = nullptr;  // [kp / 32] or null
   int32_t* src_col = nullptr;      // [kp] input column of each packed column, -1 = padding; null = identity
+  // The tiled layout (w4_tiled.cu): codes hold 512-byte tiles, scales/zeros above stay null.
+  bool tiled = false;
+  int64_t ktiles = 0;          // kp / 64
+  int tiles_per_group = 1;     // when tile_group is null: group of k-tile t = t / tiles_per_group
+  uint32_t* tscales = nullptr; // [n-tiles][G][16] activation dtype, pairs (row j, row j + 8)
+  uint32_t* toffs = nullptr;   // same layout, 128 + offset (bf16) / 1024 + offset (f16); null = symmetric
+  int32_t* tile_group = nullptr;  // [ktiles] or null
   ~CudaQuantWeight() override;
 };
 
@@ -69,7 +76,7 @@ class CudaDenseWeight : public ops::PackedWeight {
 };
 
 // How linear picks its kernel (the benchmark forces each path; the engine uses kAuto).
-enum class LinearPath { kAuto, kGemv, kMma, kDequantGemm };
+enum class LinearPath { kAuto, kGemv, kMma, kDequantGemm, kTiled };
 
 class CudaBackend : public ops::Backend {
  public:
@@ -105,6 +112,14 @@ class CudaBackend : public ops::Backend {
               uint64_t step) override;
   void cast(TensorView out, TensorView in) override;
 
+  bool supports_graphs() const override { return true; }
+  void begin_capture() override;
+  std::unique_ptr<ops::Graph> end_capture() override;
+  uint64_t memory_epoch() const override { return epoch_; }
+  void upload_async(void* dst, const void* src, size_t bytes) override;
+  bool device_memory(size_t* free_bytes, size_t* total_bytes) const override;
+  const std::string& device_name() const { return device_name_; }
+
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
   // A reusable device scratch buffer (index selects one of a few), grown on demand. Valid until the
@@ -119,9 +134,15 @@ class CudaBackend : public ops::Backend {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   LinearPath linear_path_ = LinearPath::kAuto;
-  static constexpr int kScratchSlots = 4;
+  // Slots: 0-2 linear/sample, 3 pack_dense (load time), 4 decode attention partials, 5 prefill ones.
+  static constexpr int kScratchSlots = 6;
   void* scratch_ptr_[kScratchSlots] = {};
   size_t scratch_bytes_[kScratchSlots] = {};
+  uint64_t epoch_ = 0;
+  std::string device_name_;
+  static constexpr size_t kCublasWorkspace = size_t{32} << 20;
+  void* cublas_workspace_ = nullptr;
+  bool capturing_ = false;
 };
 
 // ---- launchers (stream first; outputs, inputs, sizes) -------------------------------------------
@@ -133,7 +154,8 @@ void launch_rope(cudaStream_t s, void* x, DType dtype, int64_t tokens, int64_t h
                  const int32_t* positions, const ops::RopeArgs& args);
 void launch_kv_store(cudaStream_t s, const DevRows& kc, const DevRows& vc, const DevRows& k, const DevRows& v,
                      const int32_t* slot_mapping, int64_t tokens);
-void launch_attention(cudaStream_t s, const TensorView& out, const TensorView& q, const TensorView& kc,
+// Takes the backend for its stream and its scratch slots 4 and 5 (split-KV partials).
+void launch_attention(CudaBackend& be, const TensorView& out, const TensorView& q, const TensorView& kc,
                       const TensorView& vc, const ops::AttentionArgs& a);
 // Per-row argmax (lowest index among the maxima, NaN skipped, 0 when all NaN) into ids[rows] (device).
 void launch_argmax(cudaStream_t s, int32_t* ids, const DevRows& logits);
