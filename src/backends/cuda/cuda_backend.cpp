@@ -47,6 +47,7 @@ CudaBackend::~CudaBackend() {
     if (scratch_ptr_[i]) cudaFree(scratch_ptr_[i]);
   if (cublas_) cublasDestroy(cublas_);
   if (cublas_workspace_) cudaFree(cublas_workspace_);
+  for (void* p : arena_slabs_) cudaFree(p);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -98,6 +99,23 @@ void* CudaBackend::scratch(int index, size_t bytes) {
 
 bool CudaBackend::device_memory(size_t* free_bytes, size_t* total_bytes) const {
   return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
+}
+
+void* CudaBackend::arena_alloc(size_t bytes) {
+  constexpr size_t kSlab = size_t{64} << 20, kAlign = 256;
+  bytes = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+  if (bytes > kSlab / 4) {  // large: its own allocation, still owned (and freed) by the arena
+    arena_slabs_.push_back(alloc(bytes));
+    return arena_slabs_.back();
+  }
+  if (!arena_slab_ || arena_used_ + bytes > kSlab) {
+    arena_slab_ = alloc(kSlab);
+    arena_slabs_.push_back(arena_slab_);
+    arena_used_ = 0;
+  }
+  void* p = static_cast<uint8_t*>(arena_slab_) + arena_used_;
+  arena_used_ += bytes;
+  return p;
 }
 
 void CudaBackend::upload_async(void* dst, const void* src, size_t bytes) {

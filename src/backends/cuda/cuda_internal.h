@@ -64,6 +64,7 @@ class CudaQuantWeight : public ops::PackedWeight {
   uint32_t* tscales = nullptr; // [n-tiles][G][16] activation dtype, pairs (row j, row j + 8)
   uint32_t* toffs = nullptr;   // same layout, 128 + offset (bf16) / 1024 + offset (f16); null = symmetric
   int32_t* tile_group = nullptr;  // [ktiles] or null
+  // tscales, toffs and tile_group live in the backend's weight arena (freed with the backend).
   ~CudaQuantWeight() override;
 };
 
@@ -125,6 +126,10 @@ class CudaBackend : public ops::Backend {
   // A reusable device scratch buffer (index selects one of a few), grown on demand. Valid until the
   // next call with the same index; stream order makes reuse by the next op safe.
   void* scratch(int index, size_t bytes);
+  // Memory for small per-weight arrays (scales, offsets, group maps), carved from 64 MiB slabs that
+  // live as long as the backend: one cudaMalloc per weight array would round each up to the
+  // allocation granularity (~1 GiB over a 32B model's ~900 arrays).
+  void* arena_alloc(size_t bytes);
   void set_linear_path(LinearPath p) { linear_path_ = p; }
   LinearPath linear_path() const { return linear_path_; }
 
@@ -139,6 +144,9 @@ class CudaBackend : public ops::Backend {
   void* scratch_ptr_[kScratchSlots] = {};
   size_t scratch_bytes_[kScratchSlots] = {};
   uint64_t epoch_ = 0;
+  std::vector<void*> arena_slabs_;
+  void* arena_slab_ = nullptr;  // the slab small requests are carved from
+  size_t arena_used_ = 0;
   std::string device_name_;
   static constexpr size_t kCublasWorkspace = size_t{32} << 20;
   void* cublas_workspace_ = nullptr;

@@ -35,9 +35,9 @@ namespace nb::cuda {
 
 CudaQuantWeight::~CudaQuantWeight() {
   cudaDeviceSynchronize();  // a kernel in flight may still read the weight
+  // tscales, toffs and tile_group belong to the backend's arena.
   for (void* p : {codes, static_cast<void*>(scales), static_cast<void*>(zeros), static_cast<void*>(chunk_group),
-                  static_cast<void*>(src_col), static_cast<void*>(tscales), static_cast<void*>(toffs),
-                  static_cast<void*>(tile_group)})
+                  static_cast<void*>(src_col)})
     if (p) cudaFree(p);
 }
 

@@ -365,16 +365,16 @@ void pack_tiled(CudaBackend& be, CudaQuantWeight& p, const uint8_t* chunked_code
       if (!to.empty()) to[e] = to_act(base + (n < p.out ? offsets[src_i] : 8.f));
     }
   }
-  p.tscales = static_cast<uint32_t*>(be.alloc(entries * 2));
+  p.tscales = static_cast<uint32_t*>(be.arena_alloc(entries * 2));
   be.upload(p.tscales, ts.data(), entries * 2);
   if (!to.empty()) {
-    p.toffs = static_cast<uint32_t*>(be.alloc(entries * 2));
+    p.toffs = static_cast<uint32_t*>(be.arena_alloc(entries * 2));
     be.upload(p.toffs, to.data(), entries * 2);
   }
   if (!chunk_group.empty()) {
     std::vector<int32_t> tg(static_cast<size_t>(p.ktiles));
     for (size_t i = 0; i < tg.size(); ++i) tg[i] = chunk_group[2 * i];
-    p.tile_group = static_cast<int32_t*>(be.alloc(tg.size() * 4));
+    p.tile_group = static_cast<int32_t*>(be.arena_alloc(tg.size() * 4));
     be.upload(p.tile_group, tg.data(), tg.size() * 4);
   }
   be.synchronize();
