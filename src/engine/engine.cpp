@@ -420,10 +420,17 @@ Result<std::vector<GenerationResult>> Engine::generate(const std::vector<Generat
   std::vector<int64_t> seqs(requests.size());
   std::vector<int32_t> last(requests.size());
   std::vector<bool> done(requests.size(), false);
+  std::vector<std::string> distinct;
   for (const auto& r : requests) {
     if (r.prompt.empty()) return invalid_argument("a request has an empty prompt");
     NB_RETURN_IF_ERROR(slot_of(r.adapter).status());
+    if (!r.adapter.empty() && std::find(distinct.begin(), distinct.end(), r.adapter) == distinct.end())
+      distinct.push_back(r.adapter);
   }
+  // All rows decode as one batch: refuse up front (not after the prefill) when it cannot fit.
+  if (distinct.size() > static_cast<size_t>(registry_->max_loras()))
+    return out_of_range(strformat("these requests use %zu distinct adapters but there are only %d adapter slots "
+                                  "(--max-loras %d)", distinct.size(), registry_->max_loras(), registry_->max_loras()));
   auto accept = [&](size_t i, int32_t id) {
     results[i].tokens.push_back(id);
     last[i] = id;

@@ -184,7 +184,11 @@ TEST_P(AdapterSlotsTest, BatchNeedingMoreAdaptersThanSlotsFails) {
     reqs[i].max_tokens = 2;
     reqs[i].adapter = kAdapters[i];
   }
-  EXPECT_FALSE(e->generate(reqs).is_ok());
+  auto g = e->generate(reqs);
+  ASSERT_FALSE(g.is_ok());
+  // Refused before any prefill, naming both numbers.
+  EXPECT_NE(g.status().message().find("3 distinct adapters"), std::string::npos) << g.status().to_string();
+  EXPECT_NE(g.status().message().find("only 2 adapter slots"), std::string::npos) << g.status().to_string();
   MAKE_OR_SKIP(ref, fresh_with_all());
   expect_same(*e, *ref, {{"qv16", kP1}, {"embed_head", kP2}}, "after the failure");
   // Unknown adapters name the loaded ones.
