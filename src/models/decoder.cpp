@@ -268,18 +268,21 @@ Result<TensorView> DenseDecoder::forward_device(const nn::BatchContext& ctx, con
 }
 
 bool DenseDecoder::graph_safe(const int32_t* host_row_slot, int64_t rows) const {
+  bool any_adapter = false;
   for (int64_t r = 0; r < rows; ++r) {
     const int slot = host_row_slot[r];
     if (slot < 0 || static_cast<size_t>(slot) >= slots_.size()) continue;
-    // Beyond this many rows the backends plan LoRA launches on the host (ops.h).
-    if (rows > ops::kLoraDecodeMaxRows) return false;
+    any_adapter = true;
     const SlotState& st = slots_[static_cast<size_t>(slot)];
     // Embedding LoRA and modules_to_save replacements are planned on the host per step.
     if (st.embed_lora.rank > 0 || !st.embed_replacement.empty() || st.lm_head_replacement) return false;
-    // Linear LoRA must read its slot table from device memory.
-    for (nn::Linear* l : const_cast<DenseDecoder*>(this)->linears())
-      if (!l->lora_device_driven()) return false;
   }
+  if (!any_adapter) return true;
+  // Beyond this many rows the backends plan LoRA launches on the host (ops.h); below it every
+  // Linear must read its slot table from device memory.
+  if (rows > ops::kLoraDecodeMaxRows) return false;
+  for (nn::Linear* l : const_cast<DenseDecoder*>(this)->linears())
+    if (!l->lora_device_driven()) return false;
   return true;
 }
 

@@ -55,6 +55,7 @@
 #include <cstring>
 
 #include "backends/cuda/cuda_common.cuh"
+#include "backends/cuda/mma.cuh"
 
 namespace nb::cuda {
 
@@ -180,43 +181,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t add
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr)
                : "memory");
-}
-
-// c += a (16x16, row-major fragments) * b (16x8, column fragments), F32 accumulation.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                        uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Two floats -> one register of two T (lo in the low half, as the mma fragments want it).
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t r;
-  memcpy(&r, &v, 4);
-  return r;
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  __half2 v = __floats2half2_rn(lo, hi);
-  uint32_t r;
-  memcpy(&r, &v, 4);
-  return r;
 }
 
 __device__ __forceinline__ int64_t kv_slot(const int32_t* table, int j, int bs, int bs_shift) {
@@ -385,8 +349,8 @@ __global__ void __launch_bounds__(WM * WK * 32, WK > 1 ? NB_ATTN_DECODE_MIN_BLOC
       for (int np = 0; np < SN / 2; ++np) {
         uint32_t b[4];
         ldmatrix_x4(b, smem_u32(ks + (np * 16 + 8 * (lane >> 4) + (lane & 7)) * LD + kk * 16 + 8 * ((lane >> 3) & 1)));
-        mma16816<T>(sacc[2 * np], qf[kk], b[0], b[1]);
-        mma16816<T>(sacc[2 * np + 1], qf[kk], b[2], b[3]);
+        Mma<T>::mma(sacc[2 * np], qf[kk], b[0], b[1]);
+        Mma<T>::mma(sacc[2 * np + 1], qf[kk], b[2], b[3]);
       }
     }
 
@@ -437,16 +401,16 @@ __global__ void __launch_bounds__(WM * WK * 32, WK > 1 ? NB_ATTN_DECODE_MIN_BLOC
 #pragma unroll
     for (int kk = 0; kk < SN / 2; ++kk) {
       uint32_t a[4];
-      a[0] = pack2<T>(sacc[2 * kk][0], sacc[2 * kk][1]);
-      a[1] = pack2<T>(sacc[2 * kk][2], sacc[2 * kk][3]);
-      a[2] = pack2<T>(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
-      a[3] = pack2<T>(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
+      a[0] = Mma<T>::pair(sacc[2 * kk][0], sacc[2 * kk][1]);
+      a[1] = Mma<T>::pair(sacc[2 * kk][2], sacc[2 * kk][3]);
+      a[2] = Mma<T>::pair(sacc[2 * kk + 1][0], sacc[2 * kk + 1][1]);
+      a[3] = Mma<T>::pair(sacc[2 * kk + 1][2], sacc[2 * kk + 1][3]);
 #pragma unroll
       for (int np = 0; np < DN / 2; ++np) {
         uint32_t b[4];
         ldmatrix_x4_trans(b, smem_u32(vs + (kk * 16 + 8 * ((lane >> 3) & 1) + (lane & 7)) * LD + 8 * (2 * np + (lane >> 4))));
-        mma16816<T>(o[2 * np], a, b[0], b[1]);
-        mma16816<T>(o[2 * np + 1], a, b[2], b[3]);
+        Mma<T>::mma(o[2 * np], a, b[0], b[1]);
+        Mma<T>::mma(o[2 * np + 1], a, b[2], b[3]);
       }
     }
     __syncthreads();  // the next iteration's load overwrites this stage
@@ -471,7 +435,7 @@ __global__ void __launch_bounds__(WM * WK * 32, WK > 1 ? NB_ATTN_DECODE_MIN_BLOC
         T* const dst = out + orow * D + 2 * t4;
 #pragma unroll
         for (int nt = 0; nt < DN; ++nt)
-          *reinterpret_cast<uint32_t*>(dst + nt * 8) = pack2<T>(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
+          *reinterpret_cast<uint32_t*>(dst + nt * 8) = Mma<T>::pair(o[nt][2 * i] * inv, o[nt][2 * i + 1] * inv);
       } else {
         const int64_t idx = orow * p.splits + split;
         if (t4 == 0) p.part_ml[idx] = make_float2(m_run[i], l_run[i]);

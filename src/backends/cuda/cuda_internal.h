@@ -61,6 +61,7 @@ class CudaQuantWeight : public ops::PackedWeight {
   bool tiled = false;
   int64_t ktiles = 0;          // kp / 64
   int tiles_per_group = 1;     // when tile_group is null: group of k-tile t = t / tiles_per_group
+  int tpg_shift = -1;          // log2(tiles_per_group) when a power of two
   uint32_t* tscales = nullptr; // [n-tiles][G][16] activation dtype, pairs (row j, row j + 8)
   uint32_t* toffs = nullptr;   // same layout, 128 + offset (bf16) / 1024 + offset (f16); null = symmetric
   int32_t* tile_group = nullptr;  // [ktiles] or null

@@ -28,6 +28,7 @@
 #include <cstring>
 
 #include "backends/cuda/cuda_common.cuh"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/w4_tiled.h"
 #include "ops/quant_weight.h"
 
@@ -164,46 +165,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(T* out, int64_t l
 // each word: the nibbles of columns 2t, 2t+1 (+8) are exactly its A-fragment elements. B = x rows
 // (m = g and g + 8), two bf16 per 32-bit register, zero past m_count.
 constexpr int kMmaWarps = 4;
-
-template <typename T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // bf16x2 (128, 128): 128 + u exact for u < 128
-  static constexpr float kBase = 128.f;
-  static __device__ __forceinline__ uint32_t pair(float a, float b) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ uint32_t sub_mul(uint32_t v, uint32_t base, uint32_t s) {
-    __nv_bfloat162 r = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&v), *reinterpret_cast<__nv_bfloat162*>(&base)),
-                               *reinterpret_cast<__nv_bfloat162*>(&s));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct Mma<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // f16x2 (1024, 1024)
-  static constexpr float kBase = 1024.f;
-  static __device__ __forceinline__ uint32_t pair(float a, float b) {
-    __half2 v = __floats2half2_rn(a, b);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
-  static __device__ __forceinline__ uint32_t sub_mul(uint32_t v, uint32_t base, uint32_t s) {
-    __half2 r = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&v), *reinterpret_cast<__half2*>(&base)),
-                        *reinterpret_cast<__half2*>(&s));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
 
 // Byte t of a code word as a T2 pair (kBase + lo, kBase + hi).
 __device__ __forceinline__ uint32_t nibble_pair(uint32_t word, int t, uint32_t magic) {

@@ -34,6 +34,7 @@
 #include <algorithm>
 
 #include "backends/cuda/cuda_common.cuh"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/w4_tiled.h"
 
 namespace nb::cuda {
@@ -51,38 +52,6 @@ struct TiledArgs {
   int64_t n, ktiles, groups;
   int tiles_per_group;
   int tpg_shift;  // log2(tiles_per_group) when a power of two, else -1
-};
-
-template <typename T> struct Tc;
-template <> struct Tc<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;   // (128, 128)
-  static constexpr uint32_t kSymBase = 0x43084308u; // (136, 136) = 128 + 8
-  static __device__ __forceinline__ uint32_t sub_mul(uint32_t v, uint32_t base, uint32_t s) {
-    __nv_bfloat162 r = __hmul2(__hsub2(*reinterpret_cast<__nv_bfloat162*>(&v), *reinterpret_cast<__nv_bfloat162*>(&base)),
-                               *reinterpret_cast<__nv_bfloat162*>(&s));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-};
-template <> struct Tc<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;   // (1024, 1024)
-  static constexpr uint32_t kSymBase = 0x64086408u; // (1032, 1032)
-  static __device__ __forceinline__ uint32_t sub_mul(uint32_t v, uint32_t base, uint32_t s) {
-    __half2 r = __hmul2(__hsub2(*reinterpret_cast<__half2*>(&v), *reinterpret_cast<__half2*>(&base)),
-                        *reinterpret_cast<__half2*>(&s));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
 };
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
@@ -142,7 +111,7 @@ __global__ void __launch_bounds__(max_warps<MT>() * 32) tiled_kernel(T* out, int
     for (int u = 0; u < kUnroll; ++u) {
       if (kt + u >= k1) break;
       const uint32_t s0 = __byte_perm(sw[u], 0, 0x1010), s1 = __byte_perm(sw[u], 0, 0x3232);
-      uint32_t b0 = Tc<T>::kSymBase, b1 = Tc<T>::kSymBase;
+      uint32_t b0 = Mma<T>::kSymBase, b1 = Mma<T>::kSymBase;
       if constexpr (ASYM) {
         b0 = __byte_perm(ow[u], 0, 0x1010);
         b1 = __byte_perm(ow[u], 0, 0x3232);
@@ -152,10 +121,10 @@ __global__ void __launch_bounds__(max_warps<MT>() * 32) tiled_kernel(T* out, int
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
         const uint32_t v = words[s];
-        a[s][0] = Tc<T>::sub_mul((v & 0x000F000Fu) | Tc<T>::kMagic, b0, s0);
-        a[s][1] = Tc<T>::sub_mul(((v >> 4) & 0x000F000Fu) | Tc<T>::kMagic, b1, s1);
-        a[s][2] = Tc<T>::sub_mul(((v >> 8) & 0x000F000Fu) | Tc<T>::kMagic, b0, s0);
-        a[s][3] = Tc<T>::sub_mul(((v >> 12) & 0x000F000Fu) | Tc<T>::kMagic, b1, s1);
+        a[s][0] = Mma<T>::sub_mul((v & 0x000F000Fu) | Mma<T>::kMagic, b0, s0);
+        a[s][1] = Mma<T>::sub_mul(((v >> 4) & 0x000F000Fu) | Mma<T>::kMagic, b1, s1);
+        a[s][2] = Mma<T>::sub_mul(((v >> 8) & 0x000F000Fu) | Mma<T>::kMagic, b0, s0);
+        a[s][3] = Mma<T>::sub_mul(((v >> 12) & 0x000F000Fu) | Mma<T>::kMagic, b1, s1);
       }
       const int64_t col = (kt + u) * kTileK;
 #pragma unroll
@@ -165,10 +134,10 @@ __global__ void __launch_bounds__(max_warps<MT>() * 32) tiled_kernel(T* out, int
           x0 = __ldg(reinterpret_cast<const uint4*>(xrow[i] + col));
           x1 = __ldg(reinterpret_cast<const uint4*>(xrow[i] + col + 8));
         }
-        Tc<T>::mma(c[i], a[0], x0.x, x0.y);
-        Tc<T>::mma(c[i], a[1], x0.z, x0.w);
-        Tc<T>::mma(c[i], a[2], x1.x, x1.y);
-        Tc<T>::mma(c[i], a[3], x1.z, x1.w);
+        Mma<T>::mma(c[i], a[0], x0.x, x0.y);
+        Mma<T>::mma(c[i], a[1], x0.z, x0.w);
+        Mma<T>::mma(c[i], a[2], x1.x, x1.y);
+        Mma<T>::mma(c[i], a[3], x1.z, x1.w);
       }
     }
   }
@@ -248,7 +217,7 @@ __global__ void tiled_dequant_kernel(T* wd, TiledArgs w, int64_t kp, int64_t nti
     const int64_t grp = w.tile_group ? w.tile_group[kt] : kt / w.tiles_per_group;
     const uint32_t sw = w.scales[(nt * w.groups + grp) * 8 + g];
     const uint32_t s0 = __byte_perm(sw, 0, 0x1010), s1 = __byte_perm(sw, 0, 0x3232);
-    uint32_t b0 = Tc<T>::kSymBase, b1 = Tc<T>::kSymBase;
+    uint32_t b0 = Mma<T>::kSymBase, b1 = Mma<T>::kSymBase;
     if constexpr (ASYM) {
       const uint32_t ow = w.offs[(nt * w.groups + grp) * 8 + g];
       b0 = __byte_perm(ow, 0, 0x1010);
@@ -259,10 +228,10 @@ __global__ void tiled_dequant_kernel(T* wd, TiledArgs w, int64_t kp, int64_t nti
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
       const uint32_t v = words[s];
-      const uint32_t a0 = Tc<T>::sub_mul((v & 0x000F000Fu) | Tc<T>::kMagic, b0, s0);          // row g: c, c+1
-      const uint32_t a1 = Tc<T>::sub_mul(((v >> 4) & 0x000F000Fu) | Tc<T>::kMagic, b1, s1);   // row g+8: c, c+1
-      const uint32_t a2 = Tc<T>::sub_mul(((v >> 8) & 0x000F000Fu) | Tc<T>::kMagic, b0, s0);   // row g: c+2, c+3
-      const uint32_t a3 = Tc<T>::sub_mul(((v >> 12) & 0x000F000Fu) | Tc<T>::kMagic, b1, s1);  // row g+8: c+2, c+3
+      const uint32_t a0 = Mma<T>::sub_mul((v & 0x000F000Fu) | Mma<T>::kMagic, b0, s0);          // row g: c, c+1
+      const uint32_t a1 = Mma<T>::sub_mul(((v >> 4) & 0x000F000Fu) | Mma<T>::kMagic, b1, s1);   // row g+8: c, c+1
+      const uint32_t a2 = Mma<T>::sub_mul(((v >> 8) & 0x000F000Fu) | Mma<T>::kMagic, b0, s0);   // row g: c+2, c+3
+      const uint32_t a3 = Mma<T>::sub_mul(((v >> 12) & 0x000F000Fu) | Mma<T>::kMagic, b1, s1);  // row g+8: c+2, c+3
       row0[2 * s] = a0;
       row0[2 * s + 1] = a2;
       row1[2 * s] = a1;
@@ -287,11 +256,8 @@ int grid_blocks(int64_t total, int threads) {
 }
 
 TiledArgs tiled_args(const CudaQuantWeight& w) {
-  int shift = -1;
-  for (int b = 0; b < 31; ++b)
-    if ((1 << b) == w.tiles_per_group) shift = b;
   return TiledArgs{static_cast<const uint4*>(w.codes), w.tscales, w.toffs, w.tile_group,
-                   w.out, w.ktiles, w.groups, w.tiles_per_group, shift};
+                   w.out, w.ktiles, w.groups, w.tiles_per_group, w.tpg_shift};
 }
 
 // Split K over kw warps of one block until there are enough warps in flight to cover the memory
@@ -341,6 +307,8 @@ void pack_tiled(CudaBackend& be, CudaQuantWeight& p, const uint8_t* chunked_code
   p.ktiles = p.kp / kTileK;
   p.tiles_per_group = static_cast<int>(std::max<int64_t>(1, p.chunks_per_group / 2));
   if (p.groups == 1) p.tiles_per_group = static_cast<int>(p.ktiles);
+  for (int b = 0; b < 31; ++b)
+    if ((1 << b) == p.tiles_per_group) p.tpg_shift = b;
   // Codes: upload the chunked stream to a temporary buffer and retile on the device.
   const size_t tile_bytes = static_cast<size_t>(ntiles * p.ktiles) * 512;
   const size_t code_bytes = static_cast<size_t>(p.out * p.kp / 2);
