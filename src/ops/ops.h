@@ -36,6 +36,10 @@ struct QuantWeightView {
   const int32_t* g_idx = nullptr;  // [in] group of each input column, or null when contiguous
 };
 
+// Expert e of a stack of E quantized weights (Backend::pack_quantized_experts): every array of
+// `stack` holds E blocks back to back (codes [E, out, ...], scales/zeros [E, out, G], g_idx [E, in]).
+QuantWeightView expert_view(const QuantWeightView& stack, int64_t e);
+
 // A weight in the backend's kernel layout. Keeps the logical shape and what it came from so that it
 // can be described and reloaded. Created by Backend::pack_*; owned by nn::Linear.
 class PackedWeight {
@@ -46,6 +50,9 @@ class PackedWeight {
   int bits = 16;
   int64_t group_size = 0;
   size_t device_bytes = 0;  // memory the packed form occupies on the device
+  // 0: a plain Linear weight. E >= 1: a stack of E expert weights, each of logical shape [out, in]
+  // (Backend::pack_*_experts), used only through Backend::expert_linear.
+  int64_t experts = 0;
 };
 
 // One LoRA adapter's factors for one projection, in backend memory. A: [rank, in], B: [out, rank].
@@ -99,6 +106,37 @@ struct RopeArgs {
   bool neox = true;                 // rotate_half style (Llama/Qwen); false = GPT-J interleaved pairs
 };
 
+// ---- mixture of experts (formats.md §7.3) ---------------------------------------------------------
+// A token's router logits pick top_k of E experts with a weight each. The P = T * top_k (token,
+// choice) pairs are numbered p = t * top_k + j; expert work is done per pair, grouped by expert.
+
+enum class MoeScoring { kSoftmax, kSigmoid };
+
+struct MoeRouteArgs {
+  int num_experts = 0;
+  int top_k = 0;
+  MoeScoring scoring = MoeScoring::kSoftmax;  // softmax over all experts (Mixtral, Qwen) or sigmoid (DeepSeek)
+  // Added to the scores for choosing experts only; the weights stay the unbiased scores
+  // (DeepSeek-V3 e_score_correction_bias). [E] F32 in backend memory, or null.
+  const float* correction_bias = nullptr;
+  // Grouped selection (DeepSeek noaux_tc): experts form num_groups equal groups; a group's score is
+  // the sum of its two best (biased) scores; only the topk_groups best groups may be chosen.
+  int num_groups = 1, topk_groups = 1;
+  bool renormalize = false;  // w /= (sum of the chosen w + renorm_eps): Mixtral always, else norm_topk_prob
+  float renorm_eps = 0.f;    // DeepSeek-V3: 1e-20
+  float scaling = 1.f;       // multiplies the final weights (routed_scaling_factor)
+};
+
+// Where each pair's rows are, grouped by expert (Backend::moe_dispatch fills it).
+struct ExpertRows {
+  int64_t pairs = 0;                        // P = T * top_k
+  int top_k = 1;
+  int num_experts = 0;
+  const int32_t* sorted_pairs = nullptr;    // [P] pair indices, expert after expert
+  const int32_t* expert_offsets = nullptr;  // [E + 1]: expert e owns sorted_pairs[offsets[e], offsets[e+1])
+  bool x_by_token = false;                  // x row of pair p: p / top_k (x = the tokens) or p (x = per pair)
+};
+
 struct SamplingParams {
   float temperature = 0.f;  // 0 = greedy
   int top_k = 0;            // 0 = off
@@ -144,7 +182,8 @@ class Backend {
   virtual void mul(TensorView out, TensorView a, TensorView b) = 0;
   // out: [M, I] = silu(gate) * up; gate, up: [M, I] (may be column slices of one [M, 2I] buffer).
   virtual void silu_mul(TensorView out, TensorView gate, TensorView up) = 0;
-  // x: [T, heads, head_dim] rotated in place at positions[T].
+  // x: [T, heads, head_dim] rotated in place at positions[T]; contiguous, or a 3-D view with strides
+  // {s0, s1, 1} (the rope part of each head of MLA's q, the rope key of its latent).
   virtual void rope(TensorView x, const int32_t* positions, const RopeArgs& args) = 0;
   // out: [M, N] = x: [M, K] @ W^T (+ bias [N]); the one matrix product (quantized or dense).
   virtual void linear(TensorView out, TensorView x, const PackedWeight& w, const TensorView* bias) = 0;
@@ -163,6 +202,31 @@ class Backend {
                       uint64_t step) = 0;
   // Convert/copy between dtypes of the same shape (e.g. F32 logits for the sampler).
   virtual void cast(TensorView out, TensorView in) = 0;
+
+  // ---- mixture of experts ---------------------------------------------------------------------------
+  // A stack of E expert weights of one logical shape [out, in] (PackedWeight::experts = E).
+  // w: E weights stacked as expert_view describes; w.out/w.in are one expert's shape.
+  virtual Result<std::unique_ptr<PackedWeight>> pack_quantized_experts(const QuantWeightView& w, int64_t experts) = 0;
+  // w: [E, out, in] host, BF16/F16/F32.
+  virtual Result<std::unique_ptr<PackedWeight>> pack_dense_experts(const TensorView& w) = 0;
+  // weights: [T, top_k] F32; ids: [T, top_k] I32; logits: [T, E] read as F32 (routing is F32
+  // whatever the activation dtype). Chosen experts in descending order of their (biased) score,
+  // ties to the lower expert index; groups likewise.
+  virtual void moe_route(TensorView weights, TensorView ids, TensorView logits, const MoeRouteArgs& args) = 0;
+  // Groups the pairs by expert. ids: [P] (moe_route's [T, top_k]); sorted_pairs: [P], ascending pair
+  // index within each expert; expert_offsets: [E + 1]. pair_slots (optional): [P] LoRA slot of each
+  // pair for ExpertLinear's slot tables, row_slot[p / top_k] * E + ids[p], or -1 where row_slot is -1
+  // (row_slot: [T] or null = every pair -1).
+  virtual void moe_dispatch(int32_t* sorted_pairs, int32_t* expert_offsets, int32_t* pair_slots, const int32_t* ids,
+                            const int32_t* row_slot, int64_t tokens, int top_k, int num_experts) = 0;
+  // out: [P, N], row p = x[row of p] @ W[expert of p]^T; w: a stack of E weights [N, K];
+  // x: [T, K] (rows.x_by_token) or [P, K]. Experts with no pair cost nothing.
+  virtual void expert_linear(TensorView out, TensorView x, const PackedWeight& w, const ExpertRows& rows) = 0;
+  // out: [T, H] = sum over j of weights[t, j] * y[t * top_k + j] (j ascending, F32), plus shared[t]
+  // when given, scaled by sigmoid(shared_gate[t]) when that is given too ([T, 1], e.g. Qwen2-MoE's
+  // shared_expert_gate). y: [P, H]; weights: [T, top_k] F32; shared: [T, H].
+  virtual void moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared,
+                           const TensorView* shared_gate) = 0;
 
   // ---- recording (decode steps as CUDA graphs) ----------------------------------------------------
   // Ops issued between begin_capture and end_capture are recorded instead of run; they must not

@@ -50,3 +50,18 @@ float dequant_weight(const QuantWeightView& w, int64_t n, int64_t k) {
 }
 
 }  // namespace nb::ops
+
+namespace nb::ops {
+
+QuantWeightView expert_view(const QuantWeightView& stack, int64_t e) {
+  QuantWeightView v = stack;
+  const size_t codes = quant_codes_bytes(stack);
+  const size_t cells = static_cast<size_t>(stack.out * stack.num_groups);
+  v.codes = stack.codes + static_cast<size_t>(e) * codes;
+  v.scales = static_cast<const uint8_t*>(stack.scales) + static_cast<size_t>(e) * dtype_bytes(stack.scale_dtype, cells);
+  if (stack.zeros) v.zeros = stack.zeros + static_cast<size_t>(e) * cells;
+  if (stack.g_idx) v.g_idx = stack.g_idx + e * stack.in;
+  return v;
+}
+
+}  // namespace nb::ops

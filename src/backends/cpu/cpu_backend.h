@@ -47,6 +47,15 @@ class CpuBackend : public ops::Backend {
   void sample(int32_t* out_ids, TensorView logits, const std::vector<ops::SamplingParams>& params,
               uint64_t step) override;
   void cast(TensorView out, TensorView in) override;
+  Result<std::unique_ptr<ops::PackedWeight>> pack_quantized_experts(const ops::QuantWeightView& w,
+                                                                    int64_t experts) override;
+  Result<std::unique_ptr<ops::PackedWeight>> pack_dense_experts(const TensorView& w) override;
+  void moe_route(TensorView weights, TensorView ids, TensorView logits, const ops::MoeRouteArgs& args) override;
+  void moe_dispatch(int32_t* sorted_pairs, int32_t* expert_offsets, int32_t* pair_slots, const int32_t* ids,
+                    const int32_t* row_slot, int64_t tokens, int top_k, int num_experts) override;
+  void expert_linear(TensorView out, TensorView x, const ops::PackedWeight& w, const ops::ExpertRows& rows) override;
+  void moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared,
+                   const TensorView* shared_gate) override;
 
  private:
   bool reference_;

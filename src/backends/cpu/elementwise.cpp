@@ -183,18 +183,16 @@ void cast(TensorView out, TensorView in) {
 }
 
 void rope(TensorView x, const int32_t* positions, const ops::RopeArgs& args) {
-  NB_CHECK(x.rank() == 3 && x.is_contiguous() && x.dtype == DType::kF32, "rope: x must be contiguous F32 [T, heads, d], got %s %s",
-           dtype_name(x.dtype), shape_to_string(x.shape).c_str());
+  int64_t s0 = 0, s1 = 0;
+  ref::rope_strides(x, args, &s0, &s1);
   const int64_t tokens = x.dim(0), heads = x.dim(1), d = x.dim(2);
   const int half = args.rotary_dim / 2;
-  NB_CHECK(args.rotary_dim > 0 && args.rotary_dim % 2 == 0 && args.rotary_dim <= d, "rope: rotary_dim %d, head_dim %lld",
-           args.rotary_dim, static_cast<long long>(d));
-  ThreadPool::global().parallel_for(tokens, std::max<int64_t>(1, 4096 / (heads * d)), [&](int64_t t0, int64_t t1) {
+  ThreadPool::global().parallel_for(tokens, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, heads * d)), [&](int64_t t0, int64_t t1) {
     std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
     for (int64_t t = t0; t < t1; ++t) {
       ref::rope_cos_sin(positions[t], args, cs.data(), sn.data());
       for (int64_t h = 0; h < heads; ++h) {
-        float* v = x.as<float>() + (t * heads + h) * d;
+        float* v = x.as<float>() + t * s0 + h * s1;
         int i = 0;
         if (args.neox) {  // same products and sums as the reference: bit-identical
           for (; i + 8 <= half; i += 8) {

@@ -216,12 +216,38 @@ void CudaBackend::cast(TensorView out, TensorView in) {
 }
 
 void CudaBackend::rope(TensorView x, const int32_t* positions, const ops::RopeArgs& args) {
-  NB_CHECK(x.rank() == 3 && x.is_contiguous(), "rope: x must be contiguous [T, heads, d], got %s",
+  const bool strided = x.rank() == 3 && !x.is_contiguous() && x.strides.size() == 3 && x.strides[2] == 1;
+  NB_CHECK(x.rank() == 3 && (x.is_contiguous() || strided), "rope: x must be [T, heads, d], contiguous or with strides {s0, s1, 1}, got %s",
            shape_to_string(x.shape).c_str());
   NB_CHECK(args.rotary_dim > 0 && args.rotary_dim % 2 == 0 && args.rotary_dim <= x.dim(2),
            "rope: rotary_dim %d, head_dim %lld", args.rotary_dim, static_cast<long long>(x.dim(2)));
-  (void)dev_rows(x);  // dtype check
-  launch_rope(stream_, x.data, x.dtype, x.dim(0), x.dim(1), x.dim(2), positions, args);
+  NB_CHECK(x.dtype == DType::kF32 || x.dtype == DType::kBF16 || x.dtype == DType::kF16, "rope: dtype %s", dtype_name(x.dtype));
+  const int64_t stride_t = strided ? x.strides[0] : x.dim(1) * x.dim(2), stride_h = strided ? x.strides[1] : x.dim(2);
+  launch_rope(stream_, x.data, x.dtype, x.dim(0), x.dim(1), stride_t, stride_h, positions, args);
+}
+
+// ---- mixture of experts: the CUDA kernels come with the CUDA MoE issue -------------------------------
+
+namespace {
+const char* kNoCudaMoe =
+    "mixture-of-experts layers are not implemented on the CUDA backend yet: run this model with --device cpu";
+}  // namespace
+
+Result<std::unique_ptr<ops::PackedWeight>> CudaBackend::pack_quantized_experts(const ops::QuantWeightView&, int64_t) {
+  return unsupported(kNoCudaMoe);
+}
+Result<std::unique_ptr<ops::PackedWeight>> CudaBackend::pack_dense_experts(const TensorView&) {
+  return unsupported(kNoCudaMoe);
+}
+void CudaBackend::moe_route(TensorView, TensorView, TensorView, const ops::MoeRouteArgs&) { NB_CHECK(false, "%s", kNoCudaMoe); }
+void CudaBackend::moe_dispatch(int32_t*, int32_t*, int32_t*, const int32_t*, const int32_t*, int64_t, int, int) {
+  NB_CHECK(false, "%s", kNoCudaMoe);
+}
+void CudaBackend::expert_linear(TensorView, TensorView, const ops::PackedWeight&, const ops::ExpertRows&) {
+  NB_CHECK(false, "%s", kNoCudaMoe);
+}
+void CudaBackend::moe_combine(TensorView, TensorView, TensorView, const TensorView*, const TensorView*) {
+  NB_CHECK(false, "%s", kNoCudaMoe);
 }
 
 void CudaBackend::kv_store(TensorView k_cache, TensorView v_cache, TensorView k, TensorView v,

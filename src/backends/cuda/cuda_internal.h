@@ -113,6 +113,16 @@ class CudaBackend : public ops::Backend {
   void sample(int32_t* out_ids, TensorView logits, const std::vector<ops::SamplingParams>& params,
               uint64_t step) override;
   void cast(TensorView out, TensorView in) override;
+  // MoE: not on the GPU yet (the CUDA MoE issue); packing refuses, so a model never gets here.
+  Result<std::unique_ptr<ops::PackedWeight>> pack_quantized_experts(const ops::QuantWeightView& w,
+                                                                    int64_t experts) override;
+  Result<std::unique_ptr<ops::PackedWeight>> pack_dense_experts(const TensorView& w) override;
+  void moe_route(TensorView weights, TensorView ids, TensorView logits, const ops::MoeRouteArgs& args) override;
+  void moe_dispatch(int32_t* sorted_pairs, int32_t* expert_offsets, int32_t* pair_slots, const int32_t* ids,
+                    const int32_t* row_slot, int64_t tokens, int top_k, int num_experts) override;
+  void expert_linear(TensorView out, TensorView x, const ops::PackedWeight& w, const ops::ExpertRows& rows) override;
+  void moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared,
+                   const TensorView* shared_gate) override;
 
   bool supports_graphs() const override { return true; }
   void begin_capture() override;
@@ -159,8 +169,8 @@ void launch_embedding(cudaStream_t s, const DevRows& out, const DevRows& table, 
 void launch_rms_norm(cudaStream_t s, const DevRows& out, const DevRows& x, const void* w, DType w_dtype, float eps);
 // op: 0 = add, 1 = mul, 2 = mul by a [rows, 1] column, 3 = silu(a) * b, 4 = copy/cast a
 void launch_binary(cudaStream_t s, int op, const DevRows& out, const DevRows& a, const DevRows& b);
-void launch_rope(cudaStream_t s, void* x, DType dtype, int64_t tokens, int64_t heads, int64_t head_dim,
-                 const int32_t* positions, const ops::RopeArgs& args);
+void launch_rope(cudaStream_t s, void* x, DType dtype, int64_t tokens, int64_t heads, int64_t stride_t,
+                 int64_t stride_h, const int32_t* positions, const ops::RopeArgs& args);
 void launch_kv_store(cudaStream_t s, const DevRows& kc, const DevRows& vc, const DevRows& k, const DevRows& v,
                      const int32_t* slot_mapping, int64_t tokens);
 // Takes the backend for its stream and its scratch slots 4 and 5 (split-KV partials).

@@ -92,11 +92,11 @@ __global__ void binary_kernel(int op, DevRows out, DevRows a, DevRows b) {
 
 // Grid: (tokens, heads); threads over the rotary pairs. cos/sin in F32 as transformers computes them
 // (float(p) * inv_freq, then cos/sin, then times attention_factor); each product rounded, no FMA.
-__global__ void rope_kernel(void* x, DType dtype, int64_t heads, int64_t d, const int32_t* positions,
+__global__ void rope_kernel(void* x, DType dtype, int64_t stride_t, int64_t stride_h, const int32_t* positions,
                             const float* inv_freq, int rotary_dim, float factor, bool neox) {
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const int half = rotary_dim / 2;
-  const int64_t base = (t * heads + h) * d;
+  const int64_t base = t * stride_t + h * stride_h;
   const float p = static_cast<float>(positions[t]);
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     const float f = __fmul_rn(p, inv_freq[i]);
@@ -191,12 +191,12 @@ void launch_binary(cudaStream_t s, int op, const DevRows& out, const DevRows& a,
   NB_CUDA_LAUNCHED();
 }
 
-void launch_rope(cudaStream_t s, void* x, DType dtype, int64_t tokens, int64_t heads, int64_t head_dim,
-                 const int32_t* positions, const ops::RopeArgs& args) {
+void launch_rope(cudaStream_t s, void* x, DType dtype, int64_t tokens, int64_t heads, int64_t stride_t,
+                 int64_t stride_h, const int32_t* positions, const ops::RopeArgs& args) {
   if (tokens <= 0 || heads <= 0) return;
   const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>(heads));
   const int threads = std::min(128, std::max(32, args.rotary_dim / 2));
-  rope_kernel<<<grid, threads, 0, s>>>(x, dtype, heads, head_dim, positions, args.inv_freq, args.rotary_dim,
+  rope_kernel<<<grid, threads, 0, s>>>(x, dtype, stride_t, stride_h, positions, args.inv_freq, args.rotary_dim,
                                        args.attention_factor, args.neox);
   NB_CUDA_LAUNCHED();
 }

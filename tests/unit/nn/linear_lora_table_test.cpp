@@ -67,6 +67,25 @@ class TableCheckingBackend : public ops::Backend {
     cpu_->sample(ids, logits, p, step);
   }
   void cast(TensorView out, TensorView in) override { cpu_->cast(out, in); }
+  Result<std::unique_ptr<ops::PackedWeight>> pack_quantized_experts(const ops::QuantWeightView& w, int64_t e) override {
+    return cpu_->pack_quantized_experts(w, e);
+  }
+  Result<std::unique_ptr<ops::PackedWeight>> pack_dense_experts(const TensorView& w) override {
+    return cpu_->pack_dense_experts(w);
+  }
+  void moe_route(TensorView w, TensorView ids, TensorView logits, const ops::MoeRouteArgs& a) override {
+    cpu_->moe_route(w, ids, logits, a);
+  }
+  void moe_dispatch(int32_t* sorted, int32_t* offsets, int32_t* pair_slots, const int32_t* ids, const int32_t* row_slot,
+                    int64_t tokens, int top_k, int experts) override {
+    cpu_->moe_dispatch(sorted, offsets, pair_slots, ids, row_slot, tokens, top_k, experts);
+  }
+  void expert_linear(TensorView out, TensorView x, const ops::PackedWeight& w, const ops::ExpertRows& r) override {
+    cpu_->expert_linear(out, x, w, r);
+  }
+  void moe_combine(TensorView out, TensorView y, TensorView w, const TensorView* sh, const TensorView* g) override {
+    cpu_->moe_combine(out, y, w, sh, g);
+  }
 
   int allocs = 0, uploads = 0, checked = 0;
   std::vector<const void*> tables_seen;

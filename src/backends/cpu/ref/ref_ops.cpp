@@ -80,18 +80,27 @@ void rope_cos_sin(int32_t position, const ops::RopeArgs& args, float* cos_out, f
   }
 }
 
+void rope_strides(const TensorView& x, const ops::RopeArgs& args, int64_t* s0, int64_t* s1) {
+  NB_CHECK(x.rank() == 3 && x.dtype == DType::kF32 && (x.is_contiguous() || (x.strides.size() == 3 && x.strides[2] == 1)),
+           "rope: x must be F32 [T, heads, d], contiguous or with strides {s0, s1, 1}, got %s %s strides %s", dtype_name(x.dtype),
+           shape_to_string(x.shape).c_str(), shape_to_string(x.strides).c_str());
+  NB_CHECK(args.rotary_dim > 0 && args.rotary_dim % 2 == 0 && args.rotary_dim <= x.dim(2), "rope: rotary_dim %d, head_dim %lld",
+           args.rotary_dim, static_cast<long long>(x.dim(2)));
+  const bool plain = x.is_contiguous();
+  *s0 = plain ? x.dim(1) * x.dim(2) : x.strides[0];
+  *s1 = plain ? x.dim(2) : x.strides[1];
+}
+
 void rope(TensorView x, const int32_t* positions, const ops::RopeArgs& args) {
-  NB_CHECK(x.rank() == 3 && x.is_contiguous() && x.dtype == DType::kF32, "rope: x must be contiguous F32 [T, heads, d], got %s %s",
-           dtype_name(x.dtype), shape_to_string(x.shape).c_str());
-  const int64_t tokens = x.dim(0), heads = x.dim(1), d = x.dim(2);
+  int64_t s0 = 0, s1 = 0;
+  rope_strides(x, args, &s0, &s1);
+  const int64_t tokens = x.dim(0), heads = x.dim(1);
   const int half = args.rotary_dim / 2;
-  NB_CHECK(args.rotary_dim > 0 && args.rotary_dim % 2 == 0 && args.rotary_dim <= d, "rope: rotary_dim %d, head_dim %lld",
-           args.rotary_dim, static_cast<long long>(d));
   std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
   for (int64_t t = 0; t < tokens; ++t) {
     rope_cos_sin(positions[t], args, cs.data(), sn.data());
     for (int64_t h = 0; h < heads; ++h) {
-      float* v = x.as<float>() + (t * heads + h) * d;
+      float* v = x.as<float>() + t * s0 + h * s1;
       for (int i = 0; i < half; ++i) {
         // q * cos + rotate(q) * sin, each product rounded as torch does (no fused multiply-add).
         const int i1 = args.neox ? i : 2 * i, i2 = args.neox ? i + half : 2 * i + 1;
