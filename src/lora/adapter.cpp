@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <tuple>
 
 #include "core/mmap.h"
 #include "io/safetensors.h"
@@ -122,6 +124,28 @@ Result<HostTensor> convert_2d(const TensorInfo& t, DType dtype, bool transpose) 
   return out;
 }
 
+std::string describe_list(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", \"" : "\"") + v[i] + "\"";
+  return s + "]";
+}
+
+// PEFT >= 0.19.1 treats a 3-D parameter [E, d1, d2] as in = d2, out = d1 (transformers 5 layout);
+// 0.17.x-0.19.0 as in = d1, out = d2 (formats.md §6.5). peft_version is absent before 0.18.
+bool peft_swaps_3d_in_out(const std::string& version) {
+  int v[3] = {0, 0, 0};
+  if (version.empty() || std::sscanf(version.c_str(), "%d.%d.%d", &v[0], &v[1], &v[2]) < 2) return false;
+  return std::make_tuple(v[0], v[1], v[2]) >= std::make_tuple(0, 19, 1);
+}
+
+// An F32 host view converted to `dtype` (F32/BF16/F16).
+Result<HostTensor> convert_view(const TensorView& v, DType dtype) {
+  HostTensor out(dtype, v.shape);
+  const float* src = v.as<float>();
+  for (size_t i = 0; i < static_cast<size_t>(v.numel()); ++i) store_value(out, i, src[i]);
+  return out;
+}
+
 struct Pending {
   const BaseModule* base = nullptr;
   const TensorInfo* a = nullptr;
@@ -166,11 +190,16 @@ class Loader {
   Status add_whole(const TensorInfo& t, const BaseModule& m);
   Status add_base_layer(const TensorInfo& t, const BaseModule& m);
   Result<LoraModule> build_module(const std::string& name, const Pending& p);
+  // Fused expert parameters: "<experts module>(.base_layer)*" -> the parameter PEFT wrapped there.
+  Result<const BaseModule*> expert_param_of(const TensorInfo& t, const std::string& module);
+  Status build_expert_param(const BaseModule& m, const Pending& p, LoraAdapter* out);
 
   const AdapterConfig& config_;
   const std::vector<BaseModule>& base_;
   DType dtype_;
   std::map<std::string, const BaseModule*> by_name_;
+  // experts module -> its fused parameters, by param_index
+  std::map<std::string, std::vector<const BaseModule*>> experts_modules_;
   std::map<std::string, Pending> factors_;
   std::map<std::string, const TensorInfo*> whole_;
   std::map<std::string, const TensorInfo*> base_layer_;
@@ -189,16 +218,63 @@ Status Loader::index_base() {
                                         m.name.c_str(), static_cast<long long>(m.out), static_cast<long long>(m.in)));
     if (!by_name_.emplace(m.name, &m).second)
       return invalid_argument(strformat("base module '%s' is listed twice", m.name.c_str()));
+    if (m.is_expert_param()) {
+      auto& params = experts_modules_[m.experts_module];
+      params.push_back(&m);
+      std::sort(params.begin(), params.end(),
+                [](const BaseModule* a, const BaseModule* b) { return a->param_index < b->param_index; });
+    }
   }
   return Status::ok();
+}
+
+// PEFT nests one ParamWrapper per targeted parameter of a module, wrapping them in the module's
+// parameter order: of n targeted parameters, the i-th (0 = first wrapped, innermost) has its
+// factors under "<module>" + (n - 1 - i) x ".base_layer".
+Result<const BaseModule*> Loader::expert_param_of(const TensorInfo& t, const std::string& module) {
+  std::string base = module;
+  int depth = 0;
+  static const std::string kBase = ".base_layer";
+  while (base.size() > kBase.size() && base.compare(base.size() - kBase.size(), kBase.size(), kBase) == 0) {
+    base.resize(base.size() - kBase.size());
+    ++depth;
+  }
+  auto it = experts_modules_.find(base);
+  if (it == experts_modules_.end()) return nullptr;
+  std::vector<const BaseModule*> targeted;
+  for (const BaseModule* p : it->second)
+    if (is_targeted(config_, *p)) targeted.push_back(p);
+  if (targeted.empty())
+    return format_error(strformat("tensor '%s': LoRA factors on the fused experts '%s', but %s targets none of its "
+                                  "parameters (target_parameters %s)", t.name.c_str(), base.c_str(),
+                                  config_.source.c_str(), describe_list(config_.target_parameters).c_str()));
+  const int n = static_cast<int>(targeted.size());
+  if (depth >= n)
+    return format_error(strformat("tensor '%s': %d '.base_layer' levels under '%s', but only %d of its parameters are "
+                                  "targeted (at most %d levels)", t.name.c_str(), depth, base.c_str(), n, n - 1));
+  return targeted[static_cast<size_t>(n - 1 - depth)];
 }
 
 Status Loader::classify(const TensorInfo& t) {
   NB_ASSIGN_OR_RETURN(ParsedKey key, parse_key(t.name));
   auto it = by_name_.find(key.module);
-  if (it == by_name_.end())
-    return format_error(strformat("tensor '%s': module '%s' is not a LoRA-able module of the base model",
-                                  t.name.c_str(), key.module.c_str()));
+  if (it == by_name_.end() && (key.role == Role::kA || key.role == Role::kB)) {
+    NB_ASSIGN_OR_RETURN(const BaseModule* param, expert_param_of(t, key.module));
+    if (param) return add_factor(t, key, *param);
+  }
+  if (it == by_name_.end()) {
+    const bool experts = key.module.find(".experts.") != std::string::npos || ends_with(key.module, ".experts") ||
+                         key.module.find(".experts.base_layer") != std::string::npos;
+    const bool any_experts = !experts_modules_.empty();
+    if (experts && !any_experts)
+      return format_error(strformat("tensor '%s': module '%s' is a mixture-of-experts module, but the base model has "
+                                    "no experts (a dense model): this adapter was trained for another model",
+                                    t.name.c_str(), key.module.c_str()));
+    return format_error(strformat("tensor '%s': module '%s' is not a LoRA-able module of the base model%s",
+                                  t.name.c_str(), key.module.c_str(),
+                                  experts ? " (an expert index beyond the model's experts, or another model's layout?)"
+                                          : ""));
+  }
   if (key.role == Role::kWhole) return add_whole(t, *it->second);
   if (key.role == Role::kBaseLayer) return add_base_layer(t, *it->second);
   return add_factor(t, key, *it->second);
@@ -272,10 +348,88 @@ Result<LoraModule> Loader::build_module(const std::string& name, const Pending& 
   return lm;
 }
 
+// A fused 3-D expert parameter's factors (PEFT ParamWrapper): lora_A [r*E, a], lora_B [b, r*E] with
+// expert e's A rows [e*r, (e+1)*r) (expert-major) and B columns j*E + e (expert-minor). With PEFT >=
+// 0.19.1, (a, b) = (in, out) and ΔW_e = B_e A_e; before, (a, b) = (out, in) and ΔW_e = (B_e A_e)^T,
+// i.e. shrink with B_e^T and expand with A_e^T. Each expert's factors become per-expert LoraModules
+// (one per output slice: gate_up_proj -> gate_proj rows [0, I), up_proj rows [I, 2I)), so both
+// adapter layouts install identically.
+Status Loader::build_expert_param(const BaseModule& m, const Pending& p, LoraAdapter* out) {
+  if (!p.a || !p.b) {
+    const TensorInfo* have = p.a ? p.a : p.b;
+    return format_error(strformat("tensor '%s': fused expert parameter '%s' has %s but no %s", have->name.c_str(),
+                                  m.name.c_str(), p.a ? "lora_A" : "lora_B", p.a ? "lora_B" : "lora_A"));
+  }
+  NB_RETURN_IF_ERROR(check_float_2d(*p.a));
+  NB_RETURN_IF_ERROR(check_float_2d(*p.b));
+  ModuleLoraSpec spec = lora_spec_for(config_, m.name);
+  const int64_t r = spec.rank, e_count = m.num_experts, re = r * e_count;
+  const bool swapped = peft_swaps_3d_in_out(config_.peft_version);
+  const Shape new_a{re, m.in}, new_b{m.out, re}, old_a{re, m.out}, old_b{m.in, re};
+  const bool fits_new = p.a->shape == new_a && p.b->shape == new_b;
+  const bool fits_old = p.a->shape == old_a && p.b->shape == old_b;
+  const std::string why = strformat("%s, %lld experts, expert weight [out %lld, in %lld]", rank_origin(spec).c_str(),
+                                    static_cast<long long>(e_count), static_cast<long long>(m.out),
+                                    static_cast<long long>(m.in));
+  const std::string version = config_.peft_version.empty() ? "absent (PEFT < 0.18)" : "'" + config_.peft_version + "'";
+  if (swapped ? !fits_new : !fits_old) {
+    const Shape& wa = swapped ? new_a : old_a;
+    const Shape& wb = swapped ? new_b : old_b;
+    const bool other = swapped ? fits_old : fits_new;
+    return format_error(strformat(
+        "fused expert parameter '%s': lora_A '%s' %s and lora_B '%s' %s; expected %s and %s (%s; peft_version %s, "
+        "whose layout is %s)%s", m.name.c_str(), p.a->name.c_str(), shape_to_string(p.a->shape).c_str(),
+        p.b->name.c_str(), shape_to_string(p.b->shape).c_str(), shape_to_string(wa).c_str(),
+        shape_to_string(wb).c_str(), why.c_str(), version.c_str(),
+        swapped ? "in = last dim (PEFT >= 0.19.1)" : "in = middle dim (PEFT < 0.19.1)",
+        other ? "; the shapes are those of the other PEFT layout: peft_version does not match the file" : ""));
+  }
+  NB_ASSIGN_OR_RETURN(HostTensor a, convert_2d(*p.a, DType::kF32, false));
+  NB_ASSIGN_OR_RETURN(HostTensor b, convert_2d(*p.b, DType::kF32, false));
+  const float* af = a.as<float>();
+  const float* bf = b.as<float>();
+  const int64_t in = m.in, a_cols = p.a->shape[1], b_cols = re;
+  for (int64_t e = 0; e < e_count; ++e) {
+    // shrink [r, in] and expand [out, r] of expert e, in F32
+    std::vector<float> shrink(static_cast<size_t>(r * in)), expand(static_cast<size_t>(m.out * r));
+    for (int64_t i = 0; i < r; ++i) {
+      for (int64_t k = 0; k < in; ++k)
+        shrink[static_cast<size_t>(i * in + k)] = swapped ? af[(e * r + i) * a_cols + k] : bf[k * b_cols + i * e_count + e];
+      for (int64_t o = 0; o < m.out; ++o)
+        expand[static_cast<size_t>(o * r + i)] = swapped ? bf[o * b_cols + i * e_count + e] : af[(e * r + i) * a_cols + o];
+    }
+    int64_t row = 0;
+    for (const ExpertSlice& sl : m.slices) {
+      LoraModule lm;
+      lm.module = m.expert_prefix + std::to_string(e) + "." + sl.name;
+      lm.kind = BaseModule::Kind::kLinear;
+      lm.rank = spec.rank;
+      lm.alpha = static_cast<float>(spec.alpha);
+      lm.scaling = spec.scaling;
+      TensorView sv{shrink.data(), DType::kF32, {r, in}, {}, Device::kCpu};
+      TensorView ev{expand.data() + row * r, DType::kF32, {sl.rows, r}, {}, Device::kCpu};
+      NB_ASSIGN_OR_RETURN(lm.a, convert_view(sv, dtype_));
+      NB_ASSIGN_OR_RETURN(lm.b, convert_view(ev, dtype_));
+      row += sl.rows;
+      if (!out->modules.emplace(lm.module, std::move(lm)).second)
+        return format_error(strformat("module '%s' has LoRA factors both as a per-expert module and inside the fused "
+                                      "expert parameter '%s'", (m.expert_prefix + std::to_string(e) + "." + sl.name).c_str(),
+                                      m.name.c_str()));
+    }
+  }
+  return Status::ok();
+}
+
 Status Loader::finish(LoraAdapter* out) {
   for (const auto& [name, p] : factors_) {
+    if (p.base->is_expert_param()) {
+      NB_RETURN_IF_ERROR(build_expert_param(*p.base, p, out));
+      continue;
+    }
     NB_ASSIGN_OR_RETURN(LoraModule lm, build_module(name, p));
-    out->modules.emplace(name, std::move(lm));
+    if (!out->modules.emplace(name, std::move(lm)).second)
+      return format_error(strformat("module '%s' has LoRA factors both as a per-expert module and inside a fused expert "
+                                    "parameter", name.c_str()));
   }
   // PEFT saves every modules_to_save module it wrapped: a missing one means a truncated file.
   for (const BaseModule& m : base_) {

@@ -13,7 +13,12 @@ namespace nb {
 using Json = nlohmann::ordered_json;
 
 const char* base_module_kind_name(BaseModule::Kind kind) {
-  return kind == BaseModule::Kind::kLinear ? "Linear" : "Embedding";
+  switch (kind) {
+    case BaseModule::Kind::kLinear: return "Linear";
+    case BaseModule::Kind::kEmbedding: return "Embedding";
+    case BaseModule::Kind::kExpertParam: return "fused expert parameter";
+  }
+  return "?";
 }
 
 bool ModuleSelector::list_matches(const std::string& module) const {
@@ -153,8 +158,6 @@ Status refuse_unsupported(const Json& obj, const std::string& src) {
                              "supported; merge the adapter into the base weights or train without DoRA");
   NB_ASSIGN_OR_RETURN(bool use_qalora, read_bool(obj, src, "use_qalora", false));
   if (use_qalora) return unsupported(src + ": use_qalora=true (QALoRA pools the input of lora_A) is not supported");
-  if (const Json* tp = field(obj, "target_parameters"); tp && !(tp->is_array() && tp->empty()))
-    return unsupported(src + ": LoRA on fused 3-D expert parameters (target_parameters) is not supported yet");
   struct Refused {
     const char* name;
     const char* why;
@@ -278,8 +281,13 @@ Result<AdapterConfig> parse_adapter_config(const std::string& json_text, const s
   NB_RETURN_IF_ERROR(refuse_unsupported(j, source));
   NB_RETURN_IF_ERROR(read_rank_alpha(j, &c));
   NB_ASSIGN_OR_RETURN(c.target_modules, read_selector(j, source, "target_modules", true));
-  if (c.target_modules.kind == ModuleSelector::Kind::kNone)
-    return format_error(source + ": target_modules is missing or null; the adapter names no modules");
+  if (const Json* tp = field(j, "target_parameters"); tp && !tp->is_null()) {
+    NB_ASSIGN_OR_RETURN(c.target_parameters, read_string_list(source, "target_parameters", *tp));
+  }
+  // PEFT allows an empty target_modules when target_parameters names the LoRA sites.
+  if (c.target_modules.kind == ModuleSelector::Kind::kNone && c.target_parameters.empty())
+    return format_error(source + ": target_modules is missing or null and target_parameters is empty; the adapter "
+                                 "names no modules");
   NB_ASSIGN_OR_RETURN(c.exclude_modules, read_selector(j, source, "exclude_modules", false));
   NB_RETURN_IF_ERROR(read_layers(j, &c));
   NB_RETURN_IF_ERROR(read_modules_to_save(j, &c));
@@ -307,8 +315,22 @@ std::optional<int> layer_index_of(const AdapterConfig& config, const std::string
   return std::nullopt;
 }
 
+bool targets_parameter(const AdapterConfig& config, const std::string& key) {
+  for (const std::string& tp : config.target_parameters) {
+    if (key == tp) return true;
+    if (key.size() > tp.size() + 1 && key.compare(key.size() - tp.size(), tp.size(), tp) == 0 &&
+        key[key.size() - tp.size() - 1] == '.')
+      return true;
+  }
+  return false;
+}
+
 bool is_targeted(const AdapterConfig& config, const BaseModule& module) {
   const std::string& name = module.name;
+  // target_parameters (PEFT _inject_parameters): "<module>.<param>" equals an entry or ends with "." + it.
+  // A 2-D parameter ("mlp.gate.weight") gets the same factors as LoRA on a Linear of that module.
+  if (module.is_expert_param()) return targets_parameter(config, name);
+  if (module.is_linear() && targets_parameter(config, name + ".weight")) return true;
   const ModuleSelector& ex = config.exclude_modules;
   if (ex.kind == ModuleSelector::Kind::kRegex && ex.regex->fullmatch(name)) return false;
   if (ex.kind == ModuleSelector::Kind::kList && ex.list_matches(name)) return false;

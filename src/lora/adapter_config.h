@@ -2,8 +2,8 @@
 // an adapter targets and with which rank, alpha and scaling.
 //
 // Fields that change inference in ways nibble does not implement (DoRA, lora_bias, trained base
-// biases, fan_in_fan_out, target_parameters, layer_replication, trainable tokens, aLoRA,
-// QALoRA, Arrow) are refused with a message; fields with no effect at inference are ignored.
+// biases, fan_in_fan_out, layer_replication, trainable tokens, aLoRA, QALoRA, Arrow) are refused
+// with a message; fields with no effect at inference are ignored.
 #pragma once
 
 #include <optional>
@@ -48,6 +48,9 @@ struct AdapterConfig {
   bool use_rslora = false;
   ModuleSelector target_modules;
   ModuleSelector exclude_modules;
+  // target_parameters: "<module>.<param>" suffixes (PEFT >= 0.17): fused 3-D MoE expert parameters
+  // ("mlp.experts.gate_up_proj") or a 2-D weight ("mlp.gate.weight", the same as LoRA on that Linear).
+  std::vector<std::string> target_parameters;
   std::vector<PatternOverride<int>> rank_pattern;
   std::vector<PatternOverride<double>> alpha_pattern;
   // layers_to_transform: empty = all layers (an int in the file becomes one entry).
@@ -63,7 +66,8 @@ Result<AdapterConfig> parse_adapter_config(const std::string& json_text, const s
 Result<AdapterConfig> read_adapter_config(const std::string& path);
 
 // PEFT's check_target_module_exists for one base module (exclusions, modules_to_save,
-// list/regex/all-linear, layers_to_transform with layers_pattern).
+// list/regex/all-linear, layers_to_transform with layers_pattern), and target_parameters for fused
+// expert parameters and 2-D weights.
 bool is_targeted(const AdapterConfig& config, const BaseModule& module);
 
 // Whether `module` is one of config.modules_to_save (equals an entry or ends with "." + entry).

@@ -196,8 +196,6 @@ TEST(AdapterConfig, RefusesUnsupportedFeatures) {
       {R"({"target_modules":["q_proj"],"bias":"lora_only"})", "bias='lora_only'"},
       {R"({"target_modules":["q_proj"],"lora_bias":true})", "lora_bias"},
       {R"({"target_modules":["q_proj"],"fan_in_fan_out":true})", "fan_in_fan_out"},
-      {R"({"target_modules":[],"target_parameters":["mlp.experts.gate_up_proj"]})",
-       "LoRA on fused 3-D expert parameters (target_parameters) is not supported yet"},
       {R"({"target_modules":["q_proj"],"layer_replication":[[0,2],[1,3]]})", "layer_replication"},
       {R"({"target_modules":["q_proj"],"trainable_token_indices":[1,2]})", "trainable_token_indices"},
       {R"({"target_modules":["q_proj"],"alora_invocation_tokens":[5]})", "alora"},
@@ -213,6 +211,28 @@ TEST(AdapterConfig, RefusesUnsupportedFeatures) {
   // Inference-neutral and unknown fields are ignored; empty target_parameters is fine.
   parse_ok(R"({"target_modules":["q_proj"],"lora_dropout":0.1,"task_type":"CAUSAL_LM","init_lora_weights":"gaussian",
                "target_parameters":[],"trainable_token_indices":null,"some_future_field":{"x":1}})");
+}
+
+// PEFT >= 0.17: LoRA on fused 3-D expert parameters; target_modules may then be empty or null.
+TEST(AdapterConfig, TargetParameters) {
+  AdapterConfig c = parse_ok(R"({"target_modules":[],"target_parameters":["mlp.experts.gate_up_proj","mlp.gate.weight"],
+                                 "peft_version":"0.21.2"})");
+  EXPECT_EQ(c.target_parameters, (std::vector<std::string>{"mlp.experts.gate_up_proj", "mlp.gate.weight"}));
+  EXPECT_EQ(c.peft_version, "0.21.2");
+  BaseModule param;
+  param.kind = BaseModule::Kind::kExpertParam;
+  param.name = "model.layers.3.mlp.experts.gate_up_proj";
+  EXPECT_TRUE(is_targeted(c, param));
+  param.name = "model.layers.3.mlp.experts.down_proj";
+  EXPECT_FALSE(is_targeted(c, param));
+  param.name = "model.layers.3.mlp.shared_experts.gate_up_proj";  // suffix must start at a '.'
+  EXPECT_FALSE(is_targeted(c, param));
+  // a 2-D parameter targets the Linear of that module
+  EXPECT_TRUE(is_targeted(c, BaseModule::make("model.layers.3.mlp.gate", BaseModule::Kind::kLinear, 8, 16, 3)));
+  EXPECT_FALSE(is_targeted(c, BaseModule::make("model.layers.3.mlp.gate_proj", BaseModule::Kind::kLinear, 8, 16, 3)));
+  parse_ok(R"({"target_modules":null,"target_parameters":["mlp.experts.down_proj"]})");
+  Status s = parse_err(R"({"target_modules":null,"target_parameters":[]})");
+  EXPECT_NE(s.message().find("names no modules"), std::string::npos) << s.to_string();
 }
 
 TEST(AdapterConfig, RejectsMalformedConfigs) {

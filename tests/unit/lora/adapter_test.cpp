@@ -302,7 +302,7 @@ TEST(LoadAdapterErrors, MissingBAndMissingA) {
 
 TEST(LoadAdapterErrors, UnknownModule) {
   AdapterWriter w("unknown");
-  lora_test::add_linear_lora(w, {"model.layers.7.self_attn.q_proj", BaseModule::Kind::kLinear, 24, 16, 7}, 8);
+  lora_test::add_linear_lora(w, BaseModule::make("model.layers.7.self_attn.q_proj", BaseModule::Kind::kLinear, 24, 16, 7), 8);
   w.write(kQOnly);
   load_err(w.dir(), {"model.layers.7.self_attn.q_proj", "is not a LoRA-able module of the base model"});
 }

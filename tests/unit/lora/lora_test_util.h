@@ -26,18 +26,18 @@ inline constexpr int kLayers = 3;
 
 inline std::vector<BaseModule> fake_base() {
   std::vector<BaseModule> base;
-  base.push_back({"model.embed_tokens", BaseModule::Kind::kEmbedding, kHidden, kVocab, -1});
+  base.push_back(BaseModule::make("model.embed_tokens", BaseModule::Kind::kEmbedding, kHidden, kVocab, -1));
   for (int l = 0; l < kLayers; ++l) {
     std::string p = "model.layers." + std::to_string(l) + ".";
-    base.push_back({p + "self_attn.q_proj", BaseModule::Kind::kLinear, kQ, kHidden, l});
-    base.push_back({p + "self_attn.k_proj", BaseModule::Kind::kLinear, kKv, kHidden, l});
-    base.push_back({p + "self_attn.v_proj", BaseModule::Kind::kLinear, kKv, kHidden, l});
-    base.push_back({p + "self_attn.o_proj", BaseModule::Kind::kLinear, kHidden, kQ, l});
-    base.push_back({p + "mlp.gate_proj", BaseModule::Kind::kLinear, kInter, kHidden, l});
-    base.push_back({p + "mlp.up_proj", BaseModule::Kind::kLinear, kInter, kHidden, l});
-    base.push_back({p + "mlp.down_proj", BaseModule::Kind::kLinear, kHidden, kInter, l});
+    base.push_back(BaseModule::make(p + "self_attn.q_proj", BaseModule::Kind::kLinear, kQ, kHidden, l));
+    base.push_back(BaseModule::make(p + "self_attn.k_proj", BaseModule::Kind::kLinear, kKv, kHidden, l));
+    base.push_back(BaseModule::make(p + "self_attn.v_proj", BaseModule::Kind::kLinear, kKv, kHidden, l));
+    base.push_back(BaseModule::make(p + "self_attn.o_proj", BaseModule::Kind::kLinear, kHidden, kQ, l));
+    base.push_back(BaseModule::make(p + "mlp.gate_proj", BaseModule::Kind::kLinear, kInter, kHidden, l));
+    base.push_back(BaseModule::make(p + "mlp.up_proj", BaseModule::Kind::kLinear, kInter, kHidden, l));
+    base.push_back(BaseModule::make(p + "mlp.down_proj", BaseModule::Kind::kLinear, kHidden, kInter, l));
   }
-  base.push_back({"lm_head", BaseModule::Kind::kLinear, kVocab, kHidden, -1});
+  base.push_back(BaseModule::make("lm_head", BaseModule::Kind::kLinear, kVocab, kHidden, -1));
   return base;
 }
 
@@ -45,9 +45,9 @@ inline std::vector<BaseModule> fake_base() {
 // `qq_proj` for regex anchoring and MoE-style experts in layer 1 for the lazy layer regex.
 inline std::vector<BaseModule> matching_base() {
   std::vector<BaseModule> b = fake_base();
-  b.push_back({"model.layers.0.self_attn.qq_proj", BaseModule::Kind::kLinear, kQ, kHidden, 0});
-  b.push_back({"model.layers.1.mlp.experts.0.gate_proj", BaseModule::Kind::kLinear, 12, kHidden, 1});
-  b.push_back({"model.layers.1.mlp.experts.1.gate_proj", BaseModule::Kind::kLinear, 12, kHidden, 1});
+  b.push_back(BaseModule::make("model.layers.0.self_attn.qq_proj", BaseModule::Kind::kLinear, kQ, kHidden, 0));
+  b.push_back(BaseModule::make("model.layers.1.mlp.experts.0.gate_proj", BaseModule::Kind::kLinear, 12, kHidden, 1));
+  b.push_back(BaseModule::make("model.layers.1.mlp.experts.1.gate_proj", BaseModule::Kind::kLinear, 12, kHidden, 1));
   return b;
 }
 
