@@ -77,9 +77,8 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
     e->options_.max_model_len = static_cast<int>(std::min<int64_t>(cfg.max_position_embeddings, 4096));
   int64_t kv_tokens = options.max_kv_tokens > 0 ? options.max_kv_tokens : int64_t{e->options_.max_model_len} * 8;
   const models::KvSpec kvs = e->model_->kv_spec();
-  const uint64_t kv_token_bytes = static_cast<uint64_t>(kvs.num_layers) * static_cast<uint64_t>(kvs.num_kv_heads) *
-                                  static_cast<uint64_t>(kvs.head_dim + kvs.v_head_dim) *
-                                  dtype_bytes(e->backend_->activation_dtype(), 1);
+  const uint64_t kv_token_bytes =
+      static_cast<uint64_t>(kvs.elements_per_token()) * dtype_bytes(e->backend_->activation_dtype(), 1);
   if (has_memory) {
     size_t free1 = 0;
     e->backend_->device_memory(&free1, &total_mem);
@@ -104,10 +103,16 @@ Result<std::unique_ptr<Engine>> Engine::create(const EngineOptions& options) {
   NB_RETURN_IF_ERROR(e->allocate_kv(kv_tokens));
   e->startup_.kv_tokens = kv_tokens;
   e->startup_.kv_bytes = static_cast<uint64_t>(kv_tokens) * kv_token_bytes;
+  if (options.verbose)
+    NB_LOG_INFO("KV cache: %lld tokens x %llu bytes/token (%d layers x %s) = %.1f MiB", static_cast<long long>(kv_tokens),
+                static_cast<unsigned long long>(kv_token_bytes), kvs.num_layers,
+                kvs.latent ? strformat("%d latent + rope key", kvs.head_dim).c_str()
+                           : strformat("%d KV heads x (%d + %d)", kvs.num_kv_heads, kvs.head_dim, kvs.v_head_dim).c_str(),
+                static_cast<double>(e->startup_.kv_bytes) / (1024.0 * 1024.0));
   lora.dtype = e->backend_->activation_dtype();
   e->registry_ = std::make_unique<AdapterRegistry>(e->model_->lora_modules(), lora);
   // Every slot reserved up front: the device slot tables never move (CUDA graphs capture them).
-  for (nn::Linear* l : e->model_->linears()) l->reserve_lora_slots(lora.max_loras, e->backend_.get());
+  e->model_->reserve_lora_slots(lora.max_loras, e->backend_.get());
   e->backend_->synchronize();
   e->startup_.create_seconds = now_seconds() - t_start;
   return e;
@@ -342,7 +347,8 @@ Result<TensorView> Engine::run_forward(const BatchHost& h) {
   ctx.logit_rows = d + o_lr;
   if (any_adapter) {
     const int64_t max_rank = std::max(1, model_->max_lora_rank());
-    const size_t need = static_cast<size_t>(t * max_rank) * sizeof(float);
+    const int64_t lora_rows = model_->lora_rows(t);  // MoE: one row per (token, expert) pair
+    const size_t need = static_cast<size_t>(lora_rows * max_rank) * sizeof(float);
     if (lora_buf_.bytes() < need) {
       lora_buf_ = ops::DeviceBuffer(b, need);
       ++epoch_;
@@ -351,7 +357,7 @@ Result<TensorView> Engine::run_forward(const BatchHost& h) {
     ctx.host_row_slot = h.row_slot.data();
     ctx.logit_row_slot = d + o_lrs;
     ctx.host_logit_row_slot = stage_.data() + o_lrs;
-    ctx.lora_scratch = lora_buf_.view(DType::kF32, {t, max_rank});
+    ctx.lora_scratch = lora_buf_.view(DType::kF32, {lora_rows, max_rank});
   }
   models::KvViews kv;
   for (size_t l = 0; l < k_cache_.size(); ++l) {

@@ -1,31 +1,42 @@
-// The dense decoder-only transformer shared by Llama, Mistral, Qwen2 and Qwen3: embedding,
-// N x (RMSNorm, GQA attention, RMSNorm, gated MLP) with residuals, final RMSNorm, lm_head.
-// Architectures differ only in DecoderSpec (biases, q/k norm, rope), filled by their own file.
+// The decoder-only transformer every architecture shares: embedding, N x (RMSNorm, attention,
+// RMSNorm, MLP) with residuals, final RMSNorm, lm_head. Attention is GQA (Llama, Mistral, Qwen) or
+// multi-head latent attention (DeepSeek-V3); each layer's MLP is a gated MLP or an MoE block
+// (router + experts + optional shared expert). Architectures differ only in DecoderSpec, filled by
+// their own file (models/<arch>.cpp).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "models/model.h"
 #include "nn/blocks.h"
+#include "nn/mla.h"
+#include "nn/moe.h"
 
 namespace nb::models {
 
 struct DecoderSpec {
-  int64_t vocab = 0, hidden = 0, intermediate = 0;
+  int64_t vocab = 0, hidden = 0, intermediate = 0;  // intermediate: the dense MLP layers' width
   int num_layers = 0;
   nn::AttentionSpec attention;
+  bool mla = false;      // multi-head latent attention instead of GQA
+  nn::MlaSpec mla_spec;  // when mla
   nn::RopeConfig rope;
   float rms_eps = 1e-6f;
   bool tie_embeddings = false;
   bool mlp_bias = false;
+  // MoE: moe_block(l) describes layer l's block, or returns nullopt for a dense MLP layer. Empty
+  // function = a dense model.
+  std::function<std::optional<nn::MoeSpec>(int layer)> moe_block;
 };
 
-class DenseDecoder : public Model {
+class Decoder : public Model {
  public:
-  DenseDecoder(ModelConfig config, DecoderSpec spec);
+  Decoder(ModelConfig config, DecoderSpec spec);
   Status load(nn::WeightLoader& loader, bool verbose);
 
   const ModelConfig& config() const override { return config_; }
@@ -35,6 +46,9 @@ class DenseDecoder : public Model {
   Status install_adapter(int slot, const LoraAdapter& adapter) override;
   void remove_adapter(int slot) override;
   int max_lora_rank() const override;
+  void reserve_lora_slots(int n, ops::Backend* backend) override;
+  int64_t lora_rows(int64_t tokens) const override { return tokens * std::max(1, max_top_k_); }
+  std::vector<LayerInfo> layer_info() const override;
   Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,
                  float* logits) override;
   Result<TensorView> forward_device(const nn::BatchContext& ctx, const KvViews& kv) override;
@@ -45,8 +59,10 @@ class DenseDecoder : public Model {
  private:
   struct Layer {
     nn::RmsNorm input_norm, post_norm;
-    nn::Attention attention;
-    nn::GatedMlp mlp;
+    nn::Attention attention;            // GQA (spec.mla false)
+    nn::MlaAttention mla;               // spec.mla true
+    nn::GatedMlp mlp;                   // dense layers
+    std::unique_ptr<nn::MoeBlock> moe;  // MoE layers
   };
   // Device memory of one installed adapter.
   struct SlotState {
@@ -62,6 +78,8 @@ class DenseDecoder : public Model {
     std::vector<ops::DeviceBuffer> buffers;
     TensorView h, x, tmp, q, k, v, attn, gate, up;  // [T, ...]
     TensorView g, logits, logits_alt, logits_f32, mask, inv_mask;  // [R, ...]
+    nn::MoeScratch moe;   // MoE layers
+    nn::MlaScratch mla;   // MLA layers
   };
   void ensure_workspace(int64_t tokens, int64_t rows);
   void embed(const nn::BatchContext& ctx);
@@ -79,9 +97,14 @@ class DenseDecoder : public Model {
   nn::Linear lm_head_;
   ops::DeviceTensor inv_freq_;
   ops::RopeArgs rope_;
+  std::vector<nn::ExpertLinear*> expert_linears();
   std::map<std::string, std::pair<nn::Linear*, size_t>> sites_;  // HF module -> (Linear, slice)
+  std::map<std::string, std::pair<nn::ExpertLinear*, int64_t>> expert_sites_;  // per-expert module -> (stack, expert)
   std::vector<SlotState> slots_;
   Workspace ws_;
+  nn::MlaContext mla_context_;
+  const nn::MoeSpec* moe_shape_ = nullptr;  // one MoE layer's spec (all MoE layers share their sizes)
+  int max_top_k_ = 0;
 };
 
 }  // namespace nb::models

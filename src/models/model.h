@@ -15,12 +15,22 @@
 
 namespace nb::models {
 
-// KV-cache geometry the engine allocates for this model.
+// KV-cache geometry the engine allocates for this model. Multi-head latent attention caches one
+// "head" per token, the latent plus the rope key (kv_lora_rank + qk_rope_head_dim), and no values.
 struct KvSpec {
   int num_layers = 0;
   int num_kv_heads = 0;
   int head_dim = 0;    // key head size
-  int v_head_dim = 0;  // value head size
+  int v_head_dim = 0;  // value head size (0: none)
+  bool latent = false; // MLA: head_dim holds the compressed latent + rope key
+  // Cache elements per token, all layers.
+  int64_t elements_per_token() const { return int64_t{num_layers} * num_kv_heads * (head_dim + v_head_dim); }
+};
+
+// One decoder layer as `nibble inspect` and start-up describe it.
+struct LayerInfo {
+  std::string attention;  // "GQA 32/8 heads x 128" / "MLA ..."
+  std::string mlp;        // "dense 14336" / "MoE 60 experts x 1408, top 4 + shared 5632 (gated)"
 };
 
 // Per-layer cache tensors: k[l], v[l] = [slots, kv_heads, head_dim].
@@ -47,6 +57,12 @@ class Model {
   virtual void remove_adapter(int slot) = 0;
   // Largest LoRA rank installed anywhere (sizes the shrink scratch); 0 = none.
   virtual int max_lora_rank() const = 0;
+  // Makes every LoRA site address adapter slots [0, n) (device slot tables allocated up front).
+  virtual void reserve_lora_slots(int n, ops::Backend* backend) = 0;
+  // Rows of the LoRA shrink scratch (BatchContext::lora_scratch) a batch of `tokens` rows needs:
+  // MoE experts apply LoRA per (token, expert) pair.
+  virtual int64_t lora_rows(int64_t tokens) const { return tokens; }
+  virtual std::vector<LayerInfo> layer_info() const { return {}; }
   // Runs the batch; writes F32 logits [logit_rows.size(), vocab] to host memory `logits`.
   // logit_rows: batch rows (host indices) whose logits are wanted.
   virtual Status forward(const nn::BatchContext& ctx, const KvViews& kv, const std::vector<int32_t>& logit_rows,

@@ -39,31 +39,46 @@ Result<DecoderSpec> dense_spec_from_config(const ModelConfig& c) {
   return s;
 }
 
+nn::MoeSpec moe_spec_from_config(const ModelConfig& c) {
+  nn::MoeSpec m;
+  m.hidden = c.hidden_size;
+  m.intermediate = c.moe_intermediate_size;
+  m.shared_intermediate = c.shared_expert_intermediate_size;
+  m.num_experts = static_cast<int>(c.num_experts);
+  m.top_k = static_cast<int>(c.num_experts_per_tok);
+  m.route.num_experts = m.num_experts;
+  m.route.top_k = m.top_k;
+  m.route.scoring = ops::MoeScoring::kSoftmax;
+  m.route.renormalize = c.norm_topk_prob;
+  return m;
+}
+
 namespace {
 
 using SpecFn = Result<DecoderSpec> (*)(const ModelConfig&);
 
-Result<SpecFn> dense_spec_for(Arch arch) {
+Result<SpecFn> spec_for(Arch arch) {
   switch (arch) {
     case Arch::kLlama: return &llama_spec;
     case Arch::kMistral: return &mistral_spec;
     case Arch::kQwen2: return &qwen2_spec;
     case Arch::kQwen3: return &qwen3_spec;
-    default:
-      return unsupported(strformat("architecture %s is recognised but its forward pass is not implemented yet "
-                                   "(implemented: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
-                                   arch_name(arch)));
+    case Arch::kMixtral: return &mixtral_spec;
+    case Arch::kQwen2Moe: return &qwen2_moe_spec;
+    case Arch::kQwen3Moe: return &qwen3_moe_spec;
+    case Arch::kDeepseekV3: return &deepseek_v3_spec;
   }
+  return unsupported(strformat("architecture %s has no forward pass", arch_name(arch)));
 }
 
 }  // namespace
 
 Result<std::unique_ptr<Model>> load_model(const std::string& model_dir, ops::Backend& backend, const LoadOptions& options) {
   NB_ASSIGN_OR_RETURN(ModelConfig config, load_model_config(model_dir));
-  NB_ASSIGN_OR_RETURN(SpecFn spec_fn, dense_spec_for(config.arch));
+  NB_ASSIGN_OR_RETURN(SpecFn spec_fn, spec_for(config.arch));
   NB_ASSIGN_OR_RETURN(DecoderSpec spec, spec_fn(config));
   NB_ASSIGN_OR_RETURN(auto loader, nn::CheckpointLoader::open(model_dir, config.quantization_config, backend));
-  auto model = std::make_unique<DenseDecoder>(std::move(config), std::move(spec));
+  auto model = std::make_unique<Decoder>(std::move(config), std::move(spec));
   NB_RETURN_IF_ERROR(model->load(*loader, options.verbose));
   return std::unique_ptr<Model>(std::move(model));
 }
@@ -71,11 +86,11 @@ Result<std::unique_ptr<Model>> load_model(const std::string& model_dir, ops::Bac
 Result<std::unique_ptr<Model>> make_dummy_model(const ModelConfig& config, const nn::DummyWeights& weights,
                                                 ops::Backend& backend, uint64_t* linear_bytes,
                                                 double* convert_seconds, double* generate_seconds) {
-  NB_ASSIGN_OR_RETURN(SpecFn spec_fn, dense_spec_for(config.arch));
+  NB_ASSIGN_OR_RETURN(SpecFn spec_fn, spec_for(config.arch));
   NB_ASSIGN_OR_RETURN(DecoderSpec spec, spec_fn(config));
   nn::DummyLoader loader(backend, weights);
   loader.set_tied(config.tie_word_embeddings);
-  auto model = std::make_unique<DenseDecoder>(config, std::move(spec));
+  auto model = std::make_unique<Decoder>(config, std::move(spec));
   NB_RETURN_IF_ERROR(model->load(loader, false));
   if (linear_bytes) *linear_bytes = loader.linear_bytes();
   if (convert_seconds) *convert_seconds = loader.convert_seconds();

@@ -2,6 +2,7 @@
 // backend's layout right after loading (load plain, convert after).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,7 @@ class CheckpointLoader : public WeightLoader {
 
   ops::Backend& backend() override { return *backend_; }
   Status load_linear(Linear& linear, bool with_bias, const std::string& source_module = "") override;
+  Status load_experts(ExpertLinear& experts) override;
   Result<ops::DeviceTensor> load_dense(const std::string& name, const Shape& shape) override;
   bool has_tensor(const std::string& name) const override { return checkpoint_.find(name) != nullptr; }
   bool has_module(const std::string& module) const override;
@@ -33,5 +35,18 @@ class CheckpointLoader : public WeightLoader {
 
 // The canonical weight as the backend interface sees it (a view; `w` must outlive it).
 ops::QuantWeightView quant_view(const quant::QuantizedWeight& w);
+
+// E per-expert canonical weights stacked into one (ops::expert_view's layout). All must share bits,
+// group size, group count, scale dtype, symmetry and the presence of g_idx; `what(e)` names expert
+// e in the error otherwise.
+struct QuantStack {
+  std::vector<uint8_t> codes;
+  HostTensor scales;
+  std::vector<int8_t> zeros;
+  std::vector<int32_t> g_idx;
+  ops::QuantWeightView view;  // points into the arrays above
+};
+Result<QuantStack> stack_experts(const std::vector<quant::QuantizedWeight>& experts,
+                                 const std::function<std::string(size_t)>& what);
 
 }  // namespace nb::nn

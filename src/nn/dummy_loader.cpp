@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "nn/checkpoint_loader.h"
+#include "nn/moe.h"
 #include "quant/quantized_weight.h"
 
 namespace nb::nn {
@@ -86,6 +87,38 @@ Status DummyLoader::make_linear(Linear& linear, bool with_bias) {
     bias = ops::upload_buffer(*backend_, b.data(), b.nbytes());
   }
   return linear.set_weight(std::move(packed), std::move(bias), DType::kBF16);
+}
+
+Status DummyLoader::load_experts(ExpertLinear& x) {
+  const double start = seconds_now(), converted = convert_seconds_;
+  const int64_t n = x.experts(), out = x.out_features(), in = x.in_features();
+  std::unique_ptr<ops::PackedWeight> packed;
+  if (spec_.bits > 0) {
+    std::vector<quant::QuantizedWeight> experts;
+    for (int64_t e = 0; e < n; ++e) {
+      auto w = quant::make_quantized_weight(out, in, spec_.bits,
+                                            spec_.group_size > 0 ? quant::QuantStrategy::kGroup : quant::QuantStrategy::kChannel,
+                                            spec_.group_size, true, DType::kBF16);
+      random_bytes(w.codes.data(), w.codes.size(), rng_);
+      auto* s = w.scales.as<uint16_t>();
+      std::uniform_real_distribution<float> u(0.5f, 1.5f);
+      const float base = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
+      for (int64_t i = 0; i < w.scales.numel(); ++i) s[i] = float_to_bf16(base * u(rng_));
+      experts.push_back(std::move(w));
+    }
+    NB_ASSIGN_OR_RETURN(QuantStack st, stack_experts(experts, [&](size_t e) { return x.expert_module(static_cast<int64_t>(e)); }));
+    const double t0 = seconds_now();
+    NB_ASSIGN_OR_RETURN(packed, backend_->pack_quantized_experts(st.view, n));
+    convert_seconds_ += seconds_now() - t0;
+  } else {
+    HostTensor w = random_bf16({n, out, in}, 1.0f / std::sqrt(static_cast<float>(in)), 0.f, rng_);
+    const double t0 = seconds_now();
+    NB_ASSIGN_OR_RETURN(packed, backend_->pack_dense_experts(w.view()));
+    convert_seconds_ += seconds_now() - t0;
+  }
+  linear_bytes_ += packed->device_bytes;
+  generate_seconds_ += seconds_now() - start - (convert_seconds_ - converted);
+  return x.set_weight(std::move(packed));
 }
 
 Result<ops::DeviceTensor> DummyLoader::load_dense(const std::string& name, const Shape& shape) {

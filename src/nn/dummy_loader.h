@@ -23,6 +23,7 @@ class DummyLoader : public WeightLoader {
   DummyLoader(ops::Backend& backend, DummyWeights spec) : backend_(&backend), spec_(spec), rng_(spec.seed) {}
   ops::Backend& backend() override { return *backend_; }
   Status load_linear(Linear& linear, bool with_bias, const std::string& source_module = "") override;
+  Status load_experts(ExpertLinear& experts) override;
   Result<ops::DeviceTensor> load_dense(const std::string& name, const Shape& shape) override;
   bool has_tensor(const std::string& name) const override { return name != "lm_head.weight" || !tied_; }
   bool has_module(const std::string& module) const override { return module != "lm_head" || !tied_; }

@@ -15,7 +15,6 @@ Linear::Linear(std::string name, int64_t in, std::vector<LoraSlice> slices)
     out_ += s.size;
   }
   lora_.resize(slices_.size());
-  lora_tables_.resize(slices_.size());
 }
 
 Status Linear::set_weight(std::unique_ptr<ops::PackedWeight> weight, ops::DeviceBuffer bias, DType bias_dtype) {
@@ -50,81 +49,98 @@ void Linear::forward(const BatchContext& ctx, TensorView out, TensorView x) cons
 
 void Linear::apply_lora(const BatchContext& ctx, TensorView out, TensorView x) const {
   for (size_t i = 0; i < slices_.size(); ++i) {
-    ops::LoraArgs args = lora_[i];
-    if (args.max_rank == 0) continue;
-    args.row_slot = ctx.row_slot;
-    args.host_row_slot = ctx.host_row_slot;
-    TensorView tmp = ctx.lora_scratch;
-    tmp.shape = {ctx.num_tokens, args.max_rank};
-    tmp.strides = {args.max_rank, 1};
-    ctx.backend->lora_shrink(tmp, x, args);
+    if (lora_[i].max_rank() == 0) continue;
     TensorView y = slices_.size() == 1 ? out : column_slice(out, slices_[i].offset, slices_[i].size);
-    ctx.backend->lora_expand(y, tmp, args);
+    lora_[i].apply(*ctx.backend, y, x, ctx.row_slot, ctx.host_row_slot, ctx.lora_scratch);
   }
 }
 
 void Linear::set_lora(int slot, size_t slice, const ops::LoraFactors& factors, DType dtype) {
   NB_CHECK(slice < slices_.size() && slot >= 0, "slot %d slice %zu", slot, slice);
-  auto& args = lora_[slice];
-  const bool grew = args.slots.size() <= static_cast<size_t>(slot);
-  if (grew) args.slots.resize(static_cast<size_t>(slot) + 1);
-  ops::LoraFactors& cur = args.slots[static_cast<size_t>(slot)];
-  const bool same = cur.a == factors.a && cur.b == factors.b && cur.rank == factors.rank &&
-                    cur.scaling == factors.scaling && args.dtype == dtype;
-  // Clearing an empty slot (every install clears first) changes nothing: skip the upload.
-  if (same && !grew) return;
-  cur = factors;
-  args.dtype = dtype;
-  args.max_rank = 0;
-  for (const auto& f : args.slots) args.max_rank = std::max(args.max_rank, f.rank);
+  lora_[slice].set(slot, factors, dtype);
   has_lora_ = max_lora_rank() > 0;
-  upload_lora_table(slice, slot);
 }
 
 void Linear::clear_lora(int slot) {
   for (size_t i = 0; i < slices_.size(); ++i) {
-    if (static_cast<size_t>(slot) < lora_[i].slots.size()) set_lora(slot, i, ops::LoraFactors{}, lora_[i].dtype);
+    if (static_cast<size_t>(slot) < lora_[i].size()) lora_[i].set(slot, ops::LoraFactors{}, DType::kF32);
   }
+  has_lora_ = max_lora_rank() > 0;
 }
 
 void Linear::reserve_lora_slots(int n, ops::Backend* backend) {
   if (backend) lora_backend_ = backend;
-  for (size_t i = 0; i < lora_.size(); ++i) {
-    auto& args = lora_[i];
-    if (args.slots.size() < static_cast<size_t>(n)) args.slots.resize(static_cast<size_t>(n));
-    if (lora_tables_[i].bytes() != args.slots.size() * sizeof(ops::LoraFactors)) upload_lora_table(i, -1);
-  }
-}
-
-void Linear::upload_lora_table(size_t slice, int slot) {
-  if (!lora_backend_ || lora_backend_->device() == Device::kCpu) return;
-  ops::LoraArgs& args = lora_[slice];
-  ops::DeviceBuffer& table = lora_tables_[slice];
-  const size_t entry = sizeof(ops::LoraFactors), bytes = args.slots.size() * entry;
-  if (bytes == 0) return;
-  if (table.bytes() != bytes) {
-    table = ops::DeviceBuffer(*lora_backend_, bytes);  // only when the slot count grows
-    slot = -1;
-  }
-  if (slot < 0) {
-    lora_backend_->upload(table.data(), args.slots.data(), bytes);
-  } else {
-    lora_backend_->upload(static_cast<uint8_t*>(table.data()) + static_cast<size_t>(slot) * entry,
-                          &args.slots[static_cast<size_t>(slot)], entry);
-  }
-  args.device_slots = table.as<ops::LoraFactors>();
+  for (LoraSite& site : lora_) site.reserve(n, lora_backend_);
 }
 
 bool Linear::lora_device_driven() const {
-  for (const auto& a : lora_)
-    if (a.max_rank > 0 && !a.device_slots) return false;
+  for (const LoraSite& site : lora_)
+    if (!site.device_driven()) return false;
   return true;
 }
 
 int Linear::max_lora_rank() const {
   int r = 0;
-  for (const auto& a : lora_) r = std::max(r, a.max_rank);
+  for (const LoraSite& site : lora_) r = std::max(r, site.max_rank());
   return r;
+}
+
+// ---- LoraSite --------------------------------------------------------------------------------------
+
+void LoraSite::set(int index, const ops::LoraFactors& factors, DType dtype, bool upload_now) {
+  NB_CHECK(index >= 0, "LoRA site index %d", index);
+  const bool grew = args_.slots.size() <= static_cast<size_t>(index);
+  if (grew) args_.slots.resize(static_cast<size_t>(index) + 1);
+  ops::LoraFactors& cur = args_.slots[static_cast<size_t>(index)];
+  const bool same = cur.a == factors.a && cur.b == factors.b && cur.rank == factors.rank &&
+                    cur.scaling == factors.scaling && (factors.rank == 0 || args_.dtype == dtype);
+  // Clearing an empty entry (every install clears first) changes nothing: skip the upload.
+  if (same && !grew) return;
+  cur = factors;
+  if (factors.rank > 0) args_.dtype = dtype;
+  args_.max_rank = 0;
+  for (const auto& f : args_.slots) args_.max_rank = std::max(args_.max_rank, f.rank);
+  if (upload_now) upload(grew ? -1 : index);
+}
+
+void LoraSite::reserve(int n, ops::Backend* backend) {
+  if (backend) backend_ = backend;
+  if (args_.slots.size() < static_cast<size_t>(n)) args_.slots.resize(static_cast<size_t>(n));
+  if (table_.bytes() != args_.slots.size() * sizeof(ops::LoraFactors)) upload(-1);
+}
+
+void LoraSite::upload_all() { upload(-1); }
+
+void LoraSite::upload(int index) {
+  if (!backend_ || backend_->device() == Device::kCpu) return;
+  const size_t entry = sizeof(ops::LoraFactors), bytes = args_.slots.size() * entry;
+  if (bytes == 0) return;
+  if (table_.bytes() != bytes) {
+    table_ = ops::DeviceBuffer(*backend_, bytes);  // only when the index count grows
+    index = -1;
+  }
+  if (index < 0) {
+    backend_->upload(table_.data(), args_.slots.data(), bytes);
+  } else {
+    backend_->upload(static_cast<uint8_t*>(table_.data()) + static_cast<size_t>(index) * entry,
+                     &args_.slots[static_cast<size_t>(index)], entry);
+  }
+  args_.device_slots = table_.as<ops::LoraFactors>();
+}
+
+void LoraSite::apply(ops::Backend& backend, TensorView y, TensorView x, const int32_t* row_index,
+                     const int32_t* host_row_index, TensorView scratch) const {
+  if (args_.max_rank == 0 || !row_index) return;
+  ops::LoraArgs args = args_;
+  args.row_slot = row_index;
+  args.host_row_slot = host_row_index;
+  TensorView tmp = scratch;
+  tmp.shape = {x.dim(0), args.max_rank};
+  tmp.strides = {args.max_rank, 1};
+  NB_CHECK(scratch.numel() >= x.dim(0) * args.max_rank, "LoRA scratch of %lld elements for %lld rows of rank %d",
+           static_cast<long long>(scratch.numel()), static_cast<long long>(x.dim(0)), args.max_rank);
+  backend.lora_shrink(tmp, x, args);
+  backend.lora_expand(y, tmp, args);
 }
 
 }  // namespace nb::nn

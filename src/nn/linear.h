@@ -21,6 +21,33 @@ struct LoraSlice {
   int64_t size = 0;
 };
 
+// The LoRA factors of one output range of a projection for every adapter slot (or, for experts,
+// every (slot, expert): index slot * E + e), kept in host memory and, on backends with their own
+// memory, mirrored in a device table that LoraArgs::device_slots points to.
+class LoraSite {
+ public:
+  // Factors at `index` (rank 0 clears it). upload = false defers the device table to upload_all().
+  void set(int index, const ops::LoraFactors& factors, DType dtype, bool upload = true);
+  // Makes the site address indices [0, n) (rows may name any of them; unused ones have rank 0), with a
+  // device table allocated through `backend` (null: the one given before) when it has its own memory.
+  void reserve(int n, ops::Backend* backend);
+  void upload_all();
+  // y [M, N] += scaling * B (A x) for each row's index (row_index[m] < 0: nothing); x: [M, K];
+  // scratch: F32 with at least M * max_rank elements.
+  void apply(ops::Backend& backend, TensorView y, TensorView x, const int32_t* row_index, const int32_t* host_row_index,
+             TensorView scratch) const;
+  int max_rank() const { return args_.max_rank; }
+  size_t size() const { return args_.slots.size(); }
+  // False when some index has factors but the device has no table (the step must plan on the host).
+  bool device_driven() const { return args_.max_rank == 0 || args_.device_slots != nullptr; }
+
+ private:
+  void upload(int index);  // -1: the whole table
+  ops::LoraArgs args_;
+  ops::DeviceBuffer table_;
+  ops::Backend* backend_ = nullptr;
+};
+
 class Linear {
  public:
   Linear() = default;
@@ -61,9 +88,6 @@ class Linear {
 
  private:
   void apply_lora(const BatchContext& ctx, TensorView out, TensorView x) const;
-  // Uploads entry `slot` (all entries when -1, or when the table had to be (re)allocated) of
-  // slice `slice`'s device slot table.
-  void upload_lora_table(size_t slice, int slot);
 
   std::string name_;
   int64_t out_ = 0, in_ = 0;
@@ -71,11 +95,8 @@ class Linear {
   std::unique_ptr<ops::PackedWeight> weight_;
   ops::DeviceBuffer bias_;
   DType bias_dtype_ = DType::kF32;
-  // lora_[slice].slots[slot]: the factors of each adapter slot for one slice.
-  std::vector<ops::LoraArgs> lora_;
-  // lora_tables_[slice]: device copy of lora_[slice].slots (lora_[slice].device_slots points into
-  // it); empty on the CPU backend.
-  std::vector<ops::DeviceBuffer> lora_tables_;
+  // lora_[slice]: the factors of each adapter slot for one slice.
+  std::vector<LoraSite> lora_;
   ops::Backend* lora_backend_ = nullptr;
   bool has_lora_ = false;
 };

@@ -25,8 +25,22 @@ struct TensorReport {  // a tensor outside every module (norms, router biases, .
   uint64_t bytes = 0;
 };
 
+// What the config says about the layers (when config.json parses as a supported architecture).
+struct ArchSummary {
+  bool known = false;
+  int64_t dense_layers = 0, moe_layers = 0;
+  int64_t dense_intermediate = 0;
+  int64_t experts = 0, top_k = 0, expert_intermediate = 0, shared_intermediate = 0;
+  bool shared_gate = false;    // Qwen2-MoE sigmoid gate on the shared expert
+  std::string routing;         // "softmax top-4", "sigmoid top-8 of 4 of 8 groups, bias, x2.5"
+  std::string attention;       // "GQA 32/8 heads x 128", "MLA 128 heads, kv_lora_rank 512, rope 64"
+  int64_t kv_elements_per_token = 0;  // all layers; bytes = this x the activation dtype's size
+  std::string kv_layout;       // "32 layers x 8 KV heads x (128 + 128)" / "61 layers x (512 latent + 64 rope key)"
+};
+
 struct ModelReport {
   std::string model_dir;
+  ArchSummary summary;
   std::string architecture;  // architectures[0]; empty when config.json has none
   std::string model_type;
   int64_t num_layers = 0;    // num_hidden_layers, else counted from "layers.N." names

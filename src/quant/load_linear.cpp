@@ -50,6 +50,12 @@ Result<LinearLayout> describe_plain(const Checkpoint& ck, const QuantConfig& cfg
 
 Result<LinearLayout> describe_quantized(const Checkpoint& ck, const QuantConfig& cfg, const QuantScheme& s,
                                         const std::string& prefix, int64_t out, int64_t in) {
+  // GPTQ and AWQ configs name no modules: a module the quantizer left alone (MoE routers, Qwen2-MoE's
+  // shared_expert_gate: GPTQModel skips them, vLLM's models never quantize them) is stored plain.
+  // compressed-tensors says per module what is quantized, so a plain weight there is a mismatch.
+  if (!quantized_marker(ck, prefix) && ck.find(prefix + ".weight") &&
+      (s.method == QuantMethod::kGptq || s.method == QuantMethod::kAwq))
+    return describe_plain(ck, QuantConfig{}, prefix, out, in);
   if (!quantized_marker(ck, prefix) && ck.find(prefix + ".weight"))
     return format_error(strformat("%s: %s: %s quantizes it as %s, but the checkpoint holds a plain %s.weight",
                                   ck.location().c_str(), prefix.c_str(), cfg.source.c_str(), s.describe().c_str(),

@@ -423,6 +423,33 @@ TEST(Gptq, Errors) {
   }
 }
 
+// A GPTQ config names no modules: a module stored plain (an MoE router, Qwen2-MoE's
+// shared_expert_gate, which GPTQModel leaves unquantized) loads as the plain weight it is.
+TEST(Gptq, ModuleStoredPlainLoadsPlain) {
+  NB_SEEDED_RNG(rng);
+  TempDir dir;
+  Truth t = random_truth(rng, 16, 64, 4, 32, false, true, DType::kF16);
+  std::vector<RawTensor> ts;
+  add_gptq_tensors("m.q", t, true, &ts);
+  std::vector<float> router(8 * 64);
+  for (size_t i = 0; i < router.size(); ++i) router[i] = static_cast<float>(i % 7) - 3.f;
+  ts.push_back(raw_float("m.gate.weight", DType::kF16, {8, 64}, router));
+  testing::write_checkpoint(dir.path(), ts, gptq_config(4, 32, false, true, true));
+  Loaded l = open(dir.path());
+  Result<LinearWeight> q = load_linear(l.ck, l.qc, "m.q", 16, 64);
+  ASSERT_TRUE(q.is_ok()) << q.status().to_string();
+  EXPECT_TRUE(q->is_quantized());
+  Result<LinearWeight> g = load_linear(l.ck, l.qc, "m.gate", 8, 64);
+  ASSERT_TRUE(g.is_ok()) << g.status().to_string();
+  EXPECT_FALSE(g->is_quantized());
+  EXPECT_EQ(g->dense.dtype(), DType::kF16);
+  EXPECT_EQ(fp16_to_float(g->dense.as<uint16_t>()[9]), router[9]);
+  // the config's shape still applies
+  Result<LinearWeight> bad = load_linear(l.ck, l.qc, "m.gate", 9, 64);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().message().find("expected shape [9, 64]"), std::string::npos) << bad.status().to_string();
+}
+
 // ---- AWQ ---------------------------------------------------------------------------------------
 
 void add_awq_tensors(const std::string& p, const Truth& t, std::vector<RawTensor>* out) {
