@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-MODEL ?= models/demo
+MODEL ?= models/demo models/demo-moe
 
 .PHONY: all deps configure build test run clean fuzz
 

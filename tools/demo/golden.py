@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Golden continuations (and held-out perplexity) of the bundled demo model, computed by
-transformers + peft on the dequantized INT4 checkpoint, on the CPU in float32.
+"""Golden continuations (and held-out perplexity) of a bundled demo model (models/demo, or the
+MoE demo models/demo-moe), computed by transformers + peft on the dequantized INT4 checkpoint, on
+the CPU in float32.
 
   golden.py [--model models/demo] [--out models/demo/golden.json]
             [--perplexity data/corpora [--bf16 models-work/demo/base] [--ppl-out FILE]]
 
 The compressed-tensors weights are dequantized here, from docs/formats.md §2 (not with the
 engine's code): u = (word >> 4i) & 0xF, q = u - 8, W = (q - z) * s rounded once to the scale
-dtype. Each greedy step recomputes the whole prefix (no KV cache) and ignores EOS.
+dtype. MoE checkpoints store one 2-D tensor per expert (`mlp.experts.N.{gate,up,down}_proj`);
+transformers 5 holds them fused (`mlp.experts.gate_up_proj` [E, 2I, H] = gate rows then up rows,
+`mlp.experts.down_proj` [E, H, I]), so they are stacked here after dequantization, and the experts
+run in transformers' "eager" loop. Each greedy step recomputes the whole prefix (no KV cache) and
+ignores EOS. The runs are the base and every adapter in MODEL/adapters (kjv, devil first).
 """
-import argparse, json, math, os, sys
+import argparse, json, math, os, re, sys
 
 import numpy as np
 import torch
@@ -57,8 +62,32 @@ def dequantize(tensors, prefix, wcfg, scale_dtype):
     return golden_pack.round_to(scale_dtype, w)
 
 
+def fuse_experts(state, model_keys):
+    """Per-expert 2-D weights -> transformers 5's fused 3-D expert parameters, where the model has
+    them (`PREFIX.gate_up_proj`: each expert's gate rows then its up rows; `PREFIX.down_proj`)."""
+    experts = {}
+    for name in list(state):
+        m = re.fullmatch(r"(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight", name)
+        if m and f"{m.group(1)}.gate_up_proj" in model_keys:
+            experts.setdefault(m.group(1), {})[(int(m.group(2)), m.group(3))] = state.pop(name)
+    for prefix, w in experts.items():
+        n = 1 + max(e for e, _ in w)
+        state[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([w[(e, "gate_proj")], w[(e, "up_proj")]]) for e in range(n)])
+        state[f"{prefix}.down_proj"] = torch.stack([w[(e, "down_proj")] for e in range(n)])
+    return state
+
+
+def eager_experts(model):
+    """The plain per-expert loop for MoE models (transformers' default is grouped_mm)."""
+    if getattr(model.config, "num_experts", 0):
+        model.set_experts_implementation("eager")
+    return model
+
+
 def load_int4_model(model_dir):
-    """A float32 Qwen3ForCausalLM holding the dequantized weights and every other tensor as is."""
+    """A float32 model (Qwen3ForCausalLM, Qwen2MoeForCausalLM, ...) holding the dequantized
+    weights and every other tensor as is."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
     cfg_json = json.load(open(os.path.join(model_dir, "config.json")))
@@ -81,18 +110,27 @@ def load_int4_model(model_dir):
         del cfg.quantization_config
     cfg._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    state = fuse_experts(state, set(model.state_dict()))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if m != "lm_head.weight"]  # tied to embed_tokens
     if missing or unexpected:
         raise SystemExit(f"state mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
-    return model.eval(), len([n for n in tensors if n.endswith(".weight_packed")])
+    return eager_experts(model).eval(), len([n for n in tensors if n.endswith(".weight_packed")])
 
 
 def load_bf16_model(path):
     from transformers import AutoModelForCausalLM
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                attn_implementation="eager").eval()
+    return eager_experts(AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, attn_implementation="eager")).eval()
+
+
+def adapter_names(model_dir):
+    """Adapters in MODEL/adapters: kjv and devil first (in that order), then any other, sorted."""
+    root = os.path.join(model_dir, "adapters")
+    found = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) \
+        if os.path.isdir(root) else []
+    return [a for a in ("kjv", "devil") if a in found] + [a for a in found if a not in ("kjv", "devil")]
 
 
 def with_adapter(base, adapter_dir):
@@ -139,7 +177,8 @@ def make_golden(args, tok):
     prompts.append({"name": "chat", "text": None, "messages": [
         {"role": "user", "content": "What is a lawyer?"}], "ids": chat.ids})
     runs = []
-    for run, adapter in (("base", None), ("kjv", "adapters/kjv"), ("devil", "adapters/devil")):
+    runs_to_make = [("base", None)] + [(a, f"adapters/{a}") for a in adapter_names(args.model)]
+    for run, adapter in runs_to_make:
         model = base if adapter is None else with_adapter(load_int4_model(args.model)[0],
                                                           os.path.join(args.model, adapter))
         outs = []
@@ -154,7 +193,7 @@ def make_golden(args, tok):
         "about": "greedy continuations of the INT4 demo model (dequantized per formats.md §2) in "
                  "transformers + peft, float32 on the CPU, eager attention; each step recomputes "
                  "the whole prefix, EOS ignored; margins = top1 - top2 logit at each step",
-        "model": "models/demo", "quantized_modules": n_quant, "steps": STEPS,
+        "model": os.path.normpath(args.model), "quantized_modules": n_quant, "steps": STEPS,
         "versions": {"torch": torch.__version__, "transformers": tf_version,
                      "peft": peft.__version__},
         "prompts": prompts, "runs": runs}
@@ -181,7 +220,7 @@ def make_perplexity(args, tok):
     for label, load in variants:
         base = load()
         res = {"base": {c: perplexity(base, data[c]) for c in data}}
-        for name in ("kjv", "devil"):
+        for name in adapter_names(args.model):   # each adapter on its own corpus
             res[name] = {name: perplexity(with_adapter(load(), os.path.join(
                 args.model, "adapters", name)), data[name])}
         result[label] = res

@@ -10,6 +10,9 @@ and two LoRA adapters (King James Bible, The Devil's Dictionary). See tools/demo
 (PEFT, bf16) and WORK_DIR/metrics.json (held-out loss / perplexity of every model on every corpus).
 Seeds are fixed; on a GPU the step count follows the time budget (measured throughput), so use
 --max-steps to make two runs take the same steps.
+
+What differs between this dense demo and the MoE demo (train_moe.py) is a `Recipe`: the config,
+the model class, the training loss, the LoRA config, the adapters and the held-out evaluation.
 """
 import argparse, json, math, os, shutil, sys, time
 
@@ -29,6 +32,49 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def log(*a):
     print(*a, flush=True)
+
+
+class Recipe:
+    """The dense demo (models/demo): Qwen3, plain next-token loss, LoRA r 16 on q/k/v/o/gate/up/down,
+    adapters kjv and devil. train_moe.py subclasses it; everything else in `train.py model` is
+    shared."""
+    model_dir = "models/demo"      # base_model_name_or_path written into the adapter configs
+    adapters = ("kjv", "devil")    # one LoRA each, trained on that corpus
+
+    def config(self, vocab_size, tiny):
+        return make_config(vocab_size, tiny)
+
+    def new_model(self, cfg):
+        from transformers import Qwen3ForCausalLM
+        return Qwen3ForCausalLM(cfg)
+
+    def load_base(self, path, device):
+        return load_base(path, device)
+
+    def loss(self, model, x, y):
+        """The training loss of one batch (held-out evaluation always uses lm_loss)."""
+        return lm_loss(model, x, y)
+
+    def train_stats(self):
+        """Extra fields for a training-history entry, about the last training batch."""
+        return {}
+
+    def lora_config(self, args):
+        from peft import LoraConfig
+        return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS,
+                          bias="none", task_type="CAUSAL_LM")
+
+    def evaluate(self, model, tokens, args):
+        """Held-out metrics of one corpus: {"loss", "ppl", "tokens", ...}."""
+        return evaluate(model, tokens, args.ctx, args.eval_batch, args.device)
+
+    def note(self, ev):
+        """Extra text for a training log line from an `evaluate` result."""
+        return ""
+
+    def model_info(self, cfg):
+        """Extra facts about the architecture for metrics.json ("model"; omitted when empty)."""
+        return {}
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -194,12 +240,14 @@ def lr_at(step, total, peak, warmup):
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def fit(model, params, train, held, args, seconds, peak_lr, max_epochs, tag, get_state, set_state):
+def fit(model, params, train, held, args, seconds, peak_lr, max_epochs, tag, get_state, set_state,
+        recipe=None):
     """AdamW + linear warmup + cosine to 10 % of peak over `max_epochs` epochs of random windows,
     shortened to what fits in `seconds` (throughput measured over steps 10..30). Held-out loss is
     checked ~15 times; the best weights are kept and training stops after --patience checks
     without improvement."""
     import torch
+    recipe = recipe or Recipe()
     dev = args.device
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=args.weight_decay,
                             fused=dev.startswith("cuda"))
@@ -217,7 +265,7 @@ def fit(model, params, train, held, args, seconds, peak_lr, max_epochs, tag, get
             g["lr"] = lr_at(step, total, peak_lr, warmup)
         x, y = batches(train, args.ctx, args.batch, gen, dev)
         with autocast(dev):
-            loss = lm_loss(model, x, y)
+            loss = recipe.loss(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -236,11 +284,11 @@ def fit(model, params, train, held, args, seconds, peak_lr, max_epochs, tag, get
                     f"({total / steps_per_epoch:.1f} epochs), eval every {every}")
         last = step >= total or time.time() - t0 > seconds * 1.15
         if step % every == 0 or last:
-            ev = evaluate(model, held, args.ctx, args.eval_batch, dev)
-            history.append({"step": step, "train_loss": round(loss.item(), 4), **ev,
-                            "seconds": round(time.time() - t0, 1)})
+            ev = recipe.evaluate(model, held, args)
+            history.append({"step": step, "train_loss": round(loss.item(), 4),
+                            **recipe.train_stats(), **ev, "seconds": round(time.time() - t0, 1)})
             log(f"[{tag}] step {step}/{total} train {loss.item():.4f} held-out {ev['loss']:.4f} "
-                f"ppl {ev['ppl']:.2f} ({time.time() - t0:.0f} s)")
+                f"ppl {ev['ppl']:.2f}{recipe.note(ev)} ({time.time() - t0:.0f} s)")
             if ev["loss"] < best:
                 best, best_step, bad, best_state = ev["loss"], step, 0, get_state()
             else:
@@ -260,16 +308,15 @@ def fit(model, params, train, held, args, seconds, peak_lr, max_epochs, tag, get
             "seconds": round(time.time() - t0, 1), "history": history}
 
 
-def train_base(cfg, data, args):
+def train_base(cfg, data, args, recipe):
     """One run per entry of --base-epochs (same seed, the time budget split between them); the
     run with the lowest held-out Austen loss is kept (a small guard against over/under-fitting)."""
     import torch
-    from transformers import Qwen3ForCausalLM
     best_model, runs = None, []
     epochs_list = [float(e) for e in args.base_epochs.split(",")]
     for epochs in epochs_list:
         torch.manual_seed(args.seed)
-        model = Qwen3ForCausalLM(cfg).to(args.device)
+        model = recipe.new_model(cfg).to(args.device)
         n_params = sum(p.numel() for p in model.parameters())
         log(f"base: {n_params / 1e6:.2f} M parameters (tied embeddings counted once), "
             f"{epochs} epochs planned")
@@ -278,7 +325,7 @@ def train_base(cfg, data, args):
         state = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}
         info = fit(model, params, data["austen"]["train"], data["austen"]["held"], args,
                    args.base_seconds / len(epochs_list), args.lr, epochs, f"base/{epochs:g}ep",
-                   state, lambda s: model.load_state_dict(s))
+                   state, lambda s: model.load_state_dict(s), recipe)
         for h in hooks:
             h.remove()
         info["parameters"] = n_params
@@ -308,26 +355,25 @@ def load_base(path, device):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
 
 
-def train_adapter(base_dir, name, data, args):
+def train_adapter(base_dir, name, data, args, recipe):
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from peft import get_peft_model, get_peft_model_state_dict
     from peft import set_peft_model_state_dict
     torch.manual_seed(args.seed + 1)
-    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=LORA_TARGETS,
-                      bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(load_base(base_dir, args.device), lcfg)
+    model = get_peft_model(recipe.load_base(base_dir, args.device), recipe.lora_config(args))
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"adapter {name}: {sum(p.numel() for p in params) / 1e6:.3f} M trainable parameters")
     state = lambda: {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
     info = fit(model, params, data[name]["train"], data[name]["held"], args, args.lora_seconds,
                args.lora_lr, args.lora_epochs, name, state,
-               lambda s: set_peft_model_state_dict(model, s))
+               lambda s: set_peft_model_state_dict(model, s), recipe)
     return model, info
 
 
-def save_adapter(model, out):
+def save_adapter(model, out, model_dir="models/demo"):
     """PEFT save, then the float tensors re-stored as bf16 (the base's dtype) and target_modules
-    sorted (PEFT keeps a set)."""
+    sorted (PEFT keeps a set). target_parameters keeps its order: PEFT nests one wrapper per entry
+    in that order, which names the saved tensors (the first is `...base_layer.lora_A`)."""
     import torch
     from safetensors.torch import load_file, save_file
     model.save_pretrained(out, save_embedding_layers=False)
@@ -336,7 +382,7 @@ def save_adapter(model, out):
     save_file(tensors, path, metadata={"format": "pt"})
     cfg_path = os.path.join(out, "adapter_config.json")
     cfg = json.load(open(cfg_path))
-    cfg["base_model_name_or_path"] = "models/demo"   # not the training machine's temp path
+    cfg["base_model_name_or_path"] = model_dir   # not the training machine's temp path
     if isinstance(cfg.get("target_modules"), list):
         cfg["target_modules"] = sorted(cfg["target_modules"])
     with open(cfg_path, "w") as f:
@@ -347,14 +393,14 @@ def save_adapter(model, out):
         os.remove(readme)
 
 
-def load_adapter_model(base_dir, adapter_dir, device):
+def load_adapter_model(base_dir, adapter_dir, device, recipe=None):
     from peft import PeftModel
-    return PeftModel.from_pretrained(load_base(base_dir, device), adapter_dir).to(device)
+    base = (recipe or Recipe()).load_base(base_dir, device)
+    return PeftModel.from_pretrained(base, adapter_dir).to(device)
 
 
-def eval_all(model, data, args):
-    return {c: evaluate(model, data[c]["held"], args.ctx, args.eval_batch, args.device)
-            for c in CORPORA}
+def eval_all(model, data, args, recipe):
+    return {c: recipe.evaluate(model, data[c]["held"], args) for c in CORPORA}
 
 
 def versions():
@@ -364,8 +410,9 @@ def versions():
             "python": sys.version.split()[0]}
 
 
-def train_models(args):
+def train_models(args, recipe=None):
     import torch
+    recipe = recipe or Recipe()
     from tokenizers import Tokenizer
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -382,10 +429,10 @@ def train_models(args):
     for c in CORPORA:
         log(f"{c}: {len(data[c]['train'])} train / {len(data[c]['held'])} held-out tokens")
     vocab = -(-tok.get_vocab_size() // 64) * 64
-    cfg = make_config(vocab, args.tiny)
+    cfg = recipe.config(vocab, args.tiny)
     os.makedirs(args.out, exist_ok=True)
     base_dir = os.path.join(args.out, "base")
-    model, base_info = train_base(cfg, data, args)
+    model, base_info = train_base(cfg, data, args, recipe)
     save_base(model, args.tokenizer, base_dir)
     del model
     metrics = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -393,16 +440,20 @@ def train_models(args):
                                                 if k != "func"},
                "tokens": {c: {k: len(v) for k, v in data[c].items()} for c in CORPORA},
                "training": {"base": base_info}, "heldout": {}}
-    metrics["heldout"]["base"] = eval_all(load_base(base_dir, args.device), data, args)
+    info = recipe.model_info(cfg)
+    if info:
+        metrics["model"] = info
+    metrics["heldout"]["base"] = eval_all(recipe.load_base(base_dir, args.device), data, args,
+                                          recipe)
     log("base held-out:", json.dumps(metrics["heldout"]["base"]))
-    for name in ("kjv", "devil"):
-        model, info = train_adapter(base_dir, name, data, args)
+    for name in recipe.adapters:
+        model, info = train_adapter(base_dir, name, data, args, recipe)
         adir = os.path.join(args.out, "adapters", name)
-        save_adapter(model, adir)
+        save_adapter(model, adir, recipe.model_dir)
         del model
         metrics["training"][name] = info
-        metrics["heldout"][name] = eval_all(load_adapter_model(base_dir, adir, args.device),
-                                            data, args)
+        metrics["heldout"][name] = eval_all(load_adapter_model(base_dir, adir, args.device, recipe),
+                                            data, args, recipe)
         log(f"{name} held-out:", json.dumps(metrics["heldout"][name]))
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
@@ -419,11 +470,19 @@ def main():
     t.add_argument("--vocab-size", type=int, default=4096)
     t.set_defaults(func=build_tokenizer)
     m = sub.add_parser("model")
+    add_model_args(m)
+    m.set_defaults(func=train_models)
+    args = ap.parse_args()
+    args.func(args)
+
+
+def add_model_args(m, out="models-work/demo", base_epochs="6,12,24", tiny_help="hidden 64, 2 layers"):
+    """The options of `model` (train_moe.py reuses them with its own defaults)."""
     m.add_argument("--corpora", default="data/corpora")
     m.add_argument("--tokenizer", default="models/demo")
-    m.add_argument("--out", default="models-work/demo")
+    m.add_argument("--out", default=out)
     m.add_argument("--device", default="auto")
-    m.add_argument("--tiny", action="store_true", help="hidden 64, 2 layers (CPU trials)")
+    m.add_argument("--tiny", action="store_true", help=f"{tiny_help} (CPU trials)")
     m.add_argument("--seed", type=int, default=1234)
     m.add_argument("--ctx", type=int, default=256)
     m.add_argument("--batch", type=int, default=64)
@@ -437,14 +496,11 @@ def main():
     m.add_argument("--base-seconds", type=float, default=180)
     m.add_argument("--lora-seconds", type=float, default=60)
     m.add_argument("--max-steps", type=int, default=10 ** 9)
-    m.add_argument("--base-epochs", default="6,12,24",
+    m.add_argument("--base-epochs", default=base_epochs,
                    help="comma list: one base run each (budget split), the best is kept")
     m.add_argument("--lora-epochs", type=float, default=20)
     m.add_argument("--eval-every", type=int, default=100)
     m.add_argument("--patience", type=int, default=4)
-    m.set_defaults(func=train_models)
-    args = ap.parse_args()
-    args.func(args)
 
 
 if __name__ == "__main__":
