@@ -10,9 +10,12 @@ namespace {
 const char* kUsage =
     "usage: nibble inspect MODEL_DIR [--json]\n"
     "\n"
-    "Describes a checkpoint: architecture and layer count; for every module its quantization (format,\n"
-    "bits, group size, symmetric or not, g_idx) and logical shape [out, in], every tensor checked as\n"
-    "the loader checks it; totals: logical parameters, bytes on disk, bytes needed on the device.\n\n"
+    "Describes a checkpoint: architecture and layer count; the attention (GQA or MLA), the dense and\n"
+    "mixture-of-experts layers (experts, top-k, routing, shared expert) and the KV-cache bytes per\n"
+    "token, from config.json; for every module its quantization (format, bits, group size,\n"
+    "symmetric or not, g_idx) and logical shape [out, in], every tensor checked as the loader checks\n"
+    "it (the experts of one projection on one line); totals: logical parameters, bytes on disk, bytes\n"
+    "needed on the device.\n\n"
     "options:\n"
     "  --json   machine-readable output\n";
 
