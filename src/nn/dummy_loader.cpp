@@ -58,19 +58,25 @@ Status DummyLoader::load_linear(Linear& linear, bool with_bias, const std::strin
   return st;
 }
 
+// Random codes and scales around 1/(8 sqrt(in)), so activations stay O(1) through many layers.
+quant::QuantizedWeight DummyLoader::random_quantized(int64_t out, int64_t in) {
+  auto w = quant::make_quantized_weight(out, in, spec_.bits,
+                                        spec_.group_size > 0 ? quant::QuantStrategy::kGroup : quant::QuantStrategy::kChannel,
+                                        spec_.group_size, true, DType::kBF16);
+  random_bytes(w.codes.data(), w.codes.size(), rng_);
+  auto* s = w.scales.as<uint16_t>();
+  std::uniform_real_distribution<float> u(0.5f, 1.5f);
+  const float base = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
+  for (int64_t i = 0; i < w.scales.numel(); ++i) s[i] = float_to_bf16(base * u(rng_));
+  return w;
+}
+
 Status DummyLoader::make_linear(Linear& linear, bool with_bias) {
   const int64_t out = linear.out_features(), in = linear.in_features();
   bool quantize = spec_.bits > 0 && (linear.name() != "lm_head" || spec_.quantize_lm_head);
   std::unique_ptr<ops::PackedWeight> packed;
   if (quantize) {
-    auto w = quant::make_quantized_weight(out, in, spec_.bits,
-                                          spec_.group_size > 0 ? quant::QuantStrategy::kGroup : quant::QuantStrategy::kChannel,
-                                          spec_.group_size, true, DType::kBF16);
-    random_bytes(w.codes.data(), w.codes.size(), rng_);
-    auto* s = w.scales.as<uint16_t>();
-    std::uniform_real_distribution<float> u(0.5f, 1.5f);
-    float base = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
-    for (int64_t i = 0; i < w.scales.numel(); ++i) s[i] = float_to_bf16(base * u(rng_));
+    quant::QuantizedWeight w = random_quantized(out, in);
     const double t0 = seconds_now();
     NB_ASSIGN_OR_RETURN(packed, backend_->pack_quantized(quant_view(w)));
     convert_seconds_ += seconds_now() - t0;
@@ -96,15 +102,7 @@ Status DummyLoader::load_experts(ExpertLinear& x) {
   if (spec_.bits > 0) {
     std::vector<quant::QuantizedWeight> experts;
     for (int64_t e = 0; e < n; ++e) {
-      auto w = quant::make_quantized_weight(out, in, spec_.bits,
-                                            spec_.group_size > 0 ? quant::QuantStrategy::kGroup : quant::QuantStrategy::kChannel,
-                                            spec_.group_size, true, DType::kBF16);
-      random_bytes(w.codes.data(), w.codes.size(), rng_);
-      auto* s = w.scales.as<uint16_t>();
-      std::uniform_real_distribution<float> u(0.5f, 1.5f);
-      const float base = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
-      for (int64_t i = 0; i < w.scales.numel(); ++i) s[i] = float_to_bf16(base * u(rng_));
-      experts.push_back(std::move(w));
+      experts.push_back(random_quantized(out, in));
     }
     NB_ASSIGN_OR_RETURN(QuantStack st, stack_experts(experts, [&](size_t e) { return x.expert_module(static_cast<int64_t>(e)); }));
     const double t0 = seconds_now();

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "nn/weight_loader.h"
+#include "quant/quantized_weight.h"
 
 namespace nb::nn {
 
@@ -37,6 +38,7 @@ class DummyLoader : public WeightLoader {
 
  private:
   Status make_linear(Linear& linear, bool with_bias);
+  quant::QuantizedWeight random_quantized(int64_t out, int64_t in);
   ops::Backend* backend_;
   DummyWeights spec_;
   std::mt19937_64 rng_;

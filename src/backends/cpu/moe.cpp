@@ -194,23 +194,9 @@ void fast_expert_linear(TensorView out, TensorView x, const CpuExpertWeight& w, 
 // The reference's arithmetic (ref::moe_combine): acc = 0; acc += w_j * y_j (j ascending, each
 // product rounded); acc += gate * shared (or + shared); vectorised over the hidden dims.
 void fast_moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared, const TensorView* shared_gate) {
-  const Rows o = as_rows(out), yr = as_rows(y), w = as_rows(weights);
+  const ref::CombineRows c = ref::check_moe_combine_args(out, y, weights, shared, shared_gate);
+  const Rows &o = c.out, &yr = c.y, &w = c.weights, &s = c.shared, &g = c.gate;
   const int64_t tokens = o.rows, hidden = o.cols, top_k = w.cols;
-  NB_CHECK(w.rows == tokens && top_k >= 1 && yr.rows == tokens * top_k && yr.cols == hidden,
-           "moe_combine: out %s, y %s, weights %s", shape_to_string(out.shape).c_str(), shape_to_string(y.shape).c_str(),
-           shape_to_string(weights.shape).c_str());
-  Rows s, g;
-  if (shared) {
-    s = as_rows(*shared);
-    NB_CHECK(s.rows == tokens && s.cols == hidden, "moe_combine: shared %s, out %s", shape_to_string(shared->shape).c_str(),
-             shape_to_string(out.shape).c_str());
-  }
-  if (shared_gate) {
-    NB_CHECK(shared, "moe_combine: shared_gate without shared");
-    g = as_rows(*shared_gate);
-    NB_CHECK(g.rows == tokens && g.cols == 1, "moe_combine: shared_gate %s, expected [%lld, 1]",
-             shape_to_string(shared_gate->shape).c_str(), static_cast<long long>(tokens));
-  }
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden * top_k));
   ThreadPool::global().parallel_for(tokens, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {

@@ -228,24 +228,31 @@ void expert_linear(TensorView out, TensorView x, const ops::PackedWeight& w, con
   }
 }
 
-void moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared, const TensorView* shared_gate) {
-  const Rows o = as_rows(out), yr = as_rows(y), w = as_rows(weights);
-  const int64_t tokens = o.rows, hidden = o.cols, top_k = w.cols;
-  NB_CHECK(w.rows == tokens && top_k >= 1 && yr.rows == tokens * top_k && yr.cols == hidden,
+CombineRows check_moe_combine_args(const TensorView& out, const TensorView& y, const TensorView& weights,
+                                   const TensorView* shared, const TensorView* shared_gate) {
+  CombineRows c{as_rows(out), as_rows(y), as_rows(weights), {}, {}};
+  const int64_t tokens = c.out.rows, hidden = c.out.cols, top_k = c.weights.cols;
+  NB_CHECK(c.weights.rows == tokens && top_k >= 1 && c.y.rows == tokens * top_k && c.y.cols == hidden,
            "moe_combine: out %s, y %s, weights %s", shape_to_string(out.shape).c_str(), shape_to_string(y.shape).c_str(),
            shape_to_string(weights.shape).c_str());
-  Rows s, g;
   if (shared) {
-    s = as_rows(*shared);
-    NB_CHECK(s.rows == tokens && s.cols == hidden, "moe_combine: shared %s, out %s", shape_to_string(shared->shape).c_str(),
-             shape_to_string(out.shape).c_str());
+    c.shared = as_rows(*shared);
+    NB_CHECK(c.shared.rows == tokens && c.shared.cols == hidden, "moe_combine: shared %s, out %s",
+             shape_to_string(shared->shape).c_str(), shape_to_string(out.shape).c_str());
   }
   if (shared_gate) {
     NB_CHECK(shared, "moe_combine: shared_gate without shared");
-    g = as_rows(*shared_gate);
-    NB_CHECK(g.rows == tokens && g.cols == 1, "moe_combine: shared_gate %s, expected [%lld, 1]",
+    c.gate = as_rows(*shared_gate);
+    NB_CHECK(c.gate.rows == tokens && c.gate.cols == 1, "moe_combine: shared_gate %s, expected [%lld, 1]",
              shape_to_string(shared_gate->shape).c_str(), static_cast<long long>(tokens));
   }
+  return c;
+}
+
+void moe_combine(TensorView out, TensorView y, TensorView weights, const TensorView* shared, const TensorView* shared_gate) {
+  const CombineRows c = check_moe_combine_args(out, y, weights, shared, shared_gate);
+  const Rows &o = c.out, &yr = c.y, &w = c.weights, &s = c.shared, &g = c.gate;
+  const int64_t tokens = o.rows, hidden = o.cols, top_k = w.cols;
   for (int64_t t = 0; t < tokens; ++t) {
     float gate = 1.f;
     if (shared_gate) {

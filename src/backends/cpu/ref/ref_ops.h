@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "backends/cpu/rows.h"
 #include "ops/ops.h"
 
 namespace nb::cpu::ref {
@@ -95,6 +96,14 @@ void moe_route_row(const float* logits, const ops::MoeRouteArgs& args, float* we
 // Checks expert_linear's tensors against the weight stack and the pair grouping (offsets ascending
 // from 0 to P, every sorted pair in [0, P)); programming errors.
 void check_expert_rows(const TensorView& out, const TensorView& x, const ops::PackedWeight& w, const ops::ExpertRows& rows);
+
+// moe_combine's tensors as rows, checked (y [T * top_k, H], weights [T, top_k], shared [T, H],
+// shared_gate [T, 1] only with shared); shared / gate are empty Rows when not given.
+struct CombineRows {
+  Rows out, y, weights, shared, gate;
+};
+CombineRows check_moe_combine_args(const TensorView& out, const TensorView& y, const TensorView& weights,
+                                   const TensorView* shared, const TensorView* shared_gate);
 
 // The x row of pair p.
 inline int64_t expert_x_row(const ops::ExpertRows& rows, int64_t p) { return rows.x_by_token ? p / rows.top_k : p; }
