@@ -11,7 +11,7 @@
 
 namespace nb {
 
-enum class ErrorCode { kOk = 0, kInvalidArgument, kNotFound, kIo, kFormat, kUnsupported, kOutOfRange, kInternal };
+enum class ErrorCode { kOk = 0, kInvalidArgument, kNotFound, kIo, kFormat, kUnsupported, kOutOfRange, kInternal, kUnavailable };
 
 const char* error_code_name(ErrorCode code);
 
@@ -45,6 +45,8 @@ inline Status format_error(std::string m) { return {ErrorCode::kFormat, std::mov
 inline Status unsupported(std::string m) { return {ErrorCode::kUnsupported, std::move(m)}; }
 inline Status out_of_range(std::string m) { return {ErrorCode::kOutOfRange, std::move(m)}; }
 inline Status internal_error(std::string m) { return {ErrorCode::kInternal, std::move(m)}; }
+// A service that cannot take the request now (shutting down); the request itself may be fine.
+inline Status unavailable(std::string m) { return {ErrorCode::kUnavailable, std::move(m)}; }
 
 template <typename T>
 class [[nodiscard]] Result {

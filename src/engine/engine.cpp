@@ -243,51 +243,98 @@ Result<std::vector<std::vector<float>>> Engine::step(const std::vector<StepInput
   return out;
 }
 
-Result<TensorView> Engine::step_device(const std::vector<StepInput>& inputs) {
+Status Engine::add_rows(BatchHost& h, const std::vector<int32_t>& tokens, int64_t start,
+                        const std::vector<int32_t>& block_table, int slot, bool all_logits, bool last_logit) const {
   const ModelConfig& cfg = model_->config();
+  if (tokens.empty()) return invalid_argument("a sequence in the batch has no tokens");
+  const int64_t total = start + static_cast<int64_t>(tokens.size());
+  if (total > options_.max_model_len)
+    return out_of_range(strformat("sequence of %lld tokens exceeds the maximum model length %d",
+                                  static_cast<long long>(total), options_.max_model_len));
+  const int bs = blocks_->block_size();
+  if (static_cast<int64_t>(block_table.size()) * bs < total)
+    return internal_error(strformat("a block table of %zu blocks cannot hold %lld tokens", block_table.size(),
+                                    static_cast<long long>(total)));
+  h.query_start.push_back(static_cast<int32_t>(h.ids.size()));
+  for (size_t j = 0; j < tokens.size(); ++j) {
+    const int32_t id = tokens[j];
+    if (id < 0 || id >= cfg.vocab_size)
+      return out_of_range(strformat("token id %d is outside the vocabulary [0, %lld)", id,
+                                    static_cast<long long>(cfg.vocab_size)));
+    const int64_t pos = start + static_cast<int64_t>(j);
+    h.ids.push_back(id);
+    h.positions.push_back(static_cast<int32_t>(pos));
+    h.slots.push_back(block_table[static_cast<size_t>(pos / bs)] * bs + static_cast<int32_t>(pos % bs));
+    h.row_slot.push_back(slot);
+    if (all_logits || (last_logit && j + 1 == tokens.size()))
+      h.logit_rows.push_back(static_cast<int32_t>(h.ids.size() - 1));
+  }
+  h.context_lens.push_back(static_cast<int32_t>(total));
+  h.max_query = std::max<int>(h.max_query, static_cast<int>(tokens.size()));
+  h.max_context = std::max<int>(h.max_context, static_cast<int>(total));
+  h.max_blocks = std::max<int>(h.max_blocks, static_cast<int>(block_table.size()));
+  return Status::ok();
+}
+
+Result<TensorView> Engine::step_device(const std::vector<StepInput>& inputs) {
   BatchHost h;
   std::vector<std::string> adapter_names;
   for (const StepInput& in : inputs) adapter_names.push_back(in.adapter);
   NB_ASSIGN_OR_RETURN(AdapterSlots held, acquire_adapter_slots(adapter_names));  // released when step returns
+  std::vector<const std::vector<int32_t>*> tables;
   for (const StepInput& in : inputs) {
-    if (in.tokens.empty()) return invalid_argument("a sequence in the batch has no tokens");
-    const int slot = held.slot_of(in.adapter);
-    int64_t start = seq_len_[in.seq];
-    int64_t total = start + static_cast<int64_t>(in.tokens.size());
+    const int64_t start = seq_len_[in.seq];
+    const int64_t total = start + static_cast<int64_t>(in.tokens.size());
     if (total > options_.max_model_len)
       return out_of_range(strformat("sequence of %lld tokens exceeds the maximum model length %d",
                                     static_cast<long long>(total), options_.max_model_len));
     NB_RETURN_IF_ERROR(blocks_->reserve(in.seq, total));
-    h.query_start.push_back(static_cast<int32_t>(h.ids.size()));
-    for (size_t j = 0; j < in.tokens.size(); ++j) {
-      int32_t id = in.tokens[j];
-      if (id < 0 || id >= cfg.vocab_size)
-        return out_of_range(strformat("token id %d is outside the vocabulary [0, %lld)", id,
-                                      static_cast<long long>(cfg.vocab_size)));
-      int64_t pos = start + static_cast<int64_t>(j);
-      h.ids.push_back(id);
-      h.positions.push_back(static_cast<int32_t>(pos));
-      h.slots.push_back(blocks_->slot(in.seq, pos));
-      h.row_slot.push_back(slot);
-      if (in.all_logits || j + 1 == in.tokens.size()) h.logit_rows.push_back(static_cast<int32_t>(h.ids.size() - 1));
-    }
-    h.context_lens.push_back(static_cast<int32_t>(total));
-    h.max_query = std::max<int>(h.max_query, static_cast<int>(in.tokens.size()));
-    h.max_context = std::max<int>(h.max_context, static_cast<int>(total));
+    NB_RETURN_IF_ERROR(add_rows(h, in.tokens, start, blocks_->block_table(in.seq), held.slot_of(in.adapter), in.all_logits,
+                                true));
+    tables.push_back(&blocks_->block_table(in.seq));
   }
-  h.query_start.push_back(static_cast<int32_t>(h.ids.size()));
-  int max_blocks = 0;
-  for (const StepInput& in : inputs) max_blocks = std::max<int>(max_blocks, static_cast<int>(blocks_->block_table(in.seq).size()));
-  h.block_tables.assign(inputs.size() * static_cast<size_t>(max_blocks), 0);
-  for (size_t s = 0; s < inputs.size(); ++s) {
-    const auto& table = blocks_->block_table(inputs[s].seq);
-    std::copy(table.begin(), table.end(), h.block_tables.begin() + static_cast<ptrdiff_t>(s * max_blocks));
-  }
-  h.max_blocks = max_blocks;
-
-  NB_ASSIGN_OR_RETURN(TensorView logits, run_forward(h));
+  NB_ASSIGN_OR_RETURN(TensorView logits, run_batch(h, tables));
   for (const StepInput& in : inputs) seq_len_[in.seq] += static_cast<int64_t>(in.tokens.size());
   return logits;
+}
+
+Result<TensorView> Engine::run_rows(const std::vector<RowInput>& inputs) {
+  if (inputs.empty()) return invalid_argument("run_rows: an empty batch");
+  BatchHost h;
+  std::vector<std::string> adapter_names;
+  for (const RowInput& in : inputs) adapter_names.push_back(in.adapter);
+  NB_ASSIGN_OR_RETURN(AdapterSlots held, acquire_adapter_slots(adapter_names));  // released when the step returns
+  std::vector<const std::vector<int32_t>*> tables;
+  for (const RowInput& in : inputs) {
+    NB_CHECK(in.tokens && in.block_table, "run_rows: a row without tokens or block table");
+    NB_RETURN_IF_ERROR(add_rows(h, *in.tokens, in.start, *in.block_table, held.slot_of(in.adapter), false, in.logits));
+    tables.push_back(in.block_table);
+  }
+  if (h.logit_rows.empty()) {
+    // The model always produces logits for some rows: take the last one (the caller ignores it).
+    h.logit_rows.push_back(static_cast<int32_t>(h.ids.size() - 1));
+  }
+  return run_batch(h, tables);
+}
+
+Status Engine::register_adapter(const std::string& name, const std::string& dir, int max_rank) {
+  if (name.empty()) return invalid_argument("adapter name must not be empty");
+  NB_RETURN_IF_ERROR(registry_->load(name, dir));
+  if (max_rank <= 0) return Status::ok();
+  auto adapter = registry_->get(name);
+  const int rank = adapter.is_ok() ? (*adapter)->max_rank() : 0;
+  if (rank <= max_rank) return Status::ok();
+  (void)registry_->remove(name);
+  return invalid_argument(strformat("adapter '%s' (%s) has rank %d, more than --max-lora-rank %d", name.c_str(),
+                                    dir.c_str(), rank, max_rank));
+}
+
+Result<TensorView> Engine::run_batch(BatchHost& h, const std::vector<const std::vector<int32_t>*>& tables) {
+  h.query_start.push_back(static_cast<int32_t>(h.ids.size()));
+  h.block_tables.assign(tables.size() * static_cast<size_t>(h.max_blocks), 0);
+  for (size_t s = 0; s < tables.size(); ++s)
+    std::copy(tables[s]->begin(), tables[s]->end(), h.block_tables.begin() + static_cast<ptrdiff_t>(s * h.max_blocks));
+  return run_forward(h);
 }
 
 // One step's batch description goes to the device as one copy into a persistent buffer (no

@@ -148,6 +148,28 @@ class Engine {
   Result<std::vector<std::vector<float>>> step(const std::vector<StepInput>& inputs);
   void release_sequence(int64_t seq);
 
+  // ---- for a scheduler that owns the KV blocks (serve::EngineService) ----
+  // Cache geometry: blocks of kv_block_size() tokens.
+  int kv_blocks() const { return blocks_->num_blocks(); }
+  int kv_block_size() const { return blocks_->block_size(); }
+  int max_model_len() const { return options_.max_model_len; }
+  // One row group of a step: `tokens` at positions [start, start + tokens.size()), its KV in the
+  // blocks of `block_table` (which must cover them), with `adapter` ("" = base). Blocks handed to
+  // run_rows must not also be used through step() (one owner of the cache).
+  struct RowInput {
+    const std::vector<int32_t>* tokens = nullptr;
+    int64_t start = 0;
+    const std::vector<int32_t>* block_table = nullptr;
+    std::string adapter;
+    bool logits = false;  // the last row's logits are wanted
+  };
+  // Runs one step; returns the F32 logits [inputs with logits, vocab] in backend memory (valid until
+  // the next step), in input order (when no input wants logits: one row to ignore).
+  Result<TensorView> run_rows(const std::vector<RowInput>& inputs);
+  // Validates and registers an adapter without touching the device (thread-safe; the first batch
+  // that uses it installs it in a slot). Errors as load_adapter, and a rank above max_rank (> 0).
+  Status register_adapter(const std::string& name, const std::string& dir, int max_rank = 0);
+
  private:
   Engine() = default;
   // Host-side description of one flat batch.
@@ -156,9 +178,14 @@ class Engine {
     int max_blocks = 0, max_query = 0, max_context = 0;
   };
   Status allocate_kv(int64_t tokens);
+  // Appends one row group to a batch description (validates ids and the model length).
+  Status add_rows(BatchHost& h, const std::vector<int32_t>& tokens, int64_t start,
+                  const std::vector<int32_t>& block_table, int slot, bool all_logits, bool last_logit) const;
   // Runs one flat batch; returns its F32 logits [logit rows, vocab] in backend memory (valid until
   // the next step).
   Result<TensorView> run_forward(const BatchHost& h);
+  // Closes the batch description (query starts, block tables padded to the longest) and runs it.
+  Result<TensorView> run_batch(BatchHost& h, const std::vector<const std::vector<int32_t>*>& tables);
   // step() without the download: the logits stay on the device.
   Result<TensorView> step_device(const std::vector<StepInput>& inputs);
   // -1 for "" (base), the adapter's slot now (-1 when it has none), or an error naming the loaded

@@ -54,6 +54,7 @@ bool AdapterRegistry::shrink_locked(size_t limit, const std::vector<std::string>
     }
     if (!victim) return false;
     victim->adapter.reset();
+    ++victim->evictions;
     if (victim->slot >= 0) slots_[static_cast<size_t>(victim->slot)] = Slot{};  // a slot implies residency
     victim->slot = -1;
   }
@@ -89,6 +90,7 @@ Status AdapterRegistry::add(LoraAdapter adapter, bool pin) {
   Entry e;
   e.dir = adapter.dir;
   e.pinned = pin;
+  e.loads = 1;
   e.adapter = std::make_shared<const LoraAdapter>(std::move(adapter));
   return insert_locked(name, std::move(e));
 }
@@ -144,7 +146,15 @@ Status AdapterRegistry::make_resident_locked(const std::string& name, Entry& e, 
   // Reloading under the lock keeps the bookkeeping simple; it only happens after an eviction.
   NB_ASSIGN_OR_RETURN(LoraAdapter adapter, load_adapter(name, e.dir, base_, options_.dtype));
   e.adapter = std::make_shared<const LoraAdapter>(std::move(adapter));
+  ++e.loads;
   return Status::ok();
+}
+
+std::vector<AdapterRegistry::State> AdapterRegistry::states() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<State> out;
+  for (const auto& [n, e] : entries_) out.push_back(State{n, e.dir, e.adapter != nullptr, e.slot, e.pinned, e.loads, e.evictions});
+  return out;
 }
 
 Result<std::shared_ptr<const LoraAdapter>> AdapterRegistry::get(const std::string& name) {

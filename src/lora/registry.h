@@ -79,6 +79,17 @@ class AdapterRegistry {
   // "adapter 'x' is not loaded; loaded: a, b"
   Status unknown_adapter(const std::string& name) const;
 
+  // Where each registered adapter is now, and how often it was read from disk / evicted.
+  struct State {
+    std::string name, dir;
+    bool resident = false;  // in host memory
+    int slot = -1;          // device slot, -1 = none
+    bool pinned = false;
+    int64_t loads = 0;      // reads from disk: the first load and every reload after an eviction
+    int64_t evictions = 0;  // evictions from host memory
+  };
+  std::vector<State> states() const;
+
  private:
   struct Entry {
     std::string dir;
@@ -87,6 +98,7 @@ class AdapterRegistry {
     uint64_t last_used = 0;
     int slot = -1;
     int slot_refs = 0;
+    int64_t loads = 0, evictions = 0;
   };
   struct Slot {
     std::string name;  // "" = empty
