@@ -28,10 +28,12 @@ using Bytes = std::vector<uint8_t>;
 // 8-byte little-endian header length + header text + data.
 Bytes build_file(const std::string& header, const Bytes& data, int64_t n_override = -1) {
   uint64_t n = n_override >= 0 ? static_cast<uint64_t>(n_override) : header.size();
-  Bytes out(8);
+  // Sized once and filled by copy: GCC 12 misreads insert() into a fresh 8-byte vector as an
+  // out-of-bounds memcpy (-Warray-bounds).
+  Bytes out(8 + header.size() + data.size());
   for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(n >> (8 * i));
-  out.insert(out.end(), header.begin(), header.end());
-  out.insert(out.end(), data.begin(), data.end());
+  std::copy(header.begin(), header.end(), out.begin() + 8);
+  std::copy(data.begin(), data.end(), out.begin() + 8 + static_cast<ptrdiff_t>(header.size()));
   return out;
 }
 
