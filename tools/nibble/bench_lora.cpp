@@ -14,37 +14,28 @@
 #include "lora/adapter.h"
 
 namespace nb::cli {
+
+Result<TempDir> TempDir::create(const std::string& tag) {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/nibble-bench-" + tag + "-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  if (!mkdtemp(buf.data())) return io_error(strformat("cannot create a temporary directory %s", tmpl.c_str()));
+  TempDir d;
+  d.path_ = buf.data();
+  return d;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+}
+
 namespace {
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-
-// A temporary directory removed with everything in it when this goes out of scope.
-class TempDir {
- public:
-  static Result<TempDir> create(const std::string& tag) {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/nibble-bench-" + tag + "-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (!mkdtemp(buf.data())) return io_error(strformat("cannot create a temporary directory %s", tmpl.c_str()));
-    TempDir d;
-    d.path_ = buf.data();
-    return d;
-  }
-  TempDir() = default;
-  TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
-  TempDir& operator=(TempDir&&) = delete;
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // The seven projections of a Llama-style decoder layer, [out, in] from the config.
 struct Projection {
@@ -60,9 +51,8 @@ std::vector<Projection> projections(const ModelConfig& c) {
           {"mlp.down_proj", h, i}};
 }
 
-// Writes a PEFT adapter with rank `rank` on all seven projections of every layer into `dir`: bf16
-// factors, random non-zero values of magnitude 0.002-0.02 (small deltas: the dummy model stays finite).
-// Returns the size of adapter_model.safetensors in bytes.
+}  // namespace
+
 Result<uint64_t> write_dummy_adapter(const std::string& dir, const ModelConfig& c, int rank, uint64_t seed) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
@@ -99,6 +89,8 @@ Result<uint64_t> write_dummy_adapter(const std::string& dir, const ModelConfig& 
   if (ec) return io_error(strformat("%s: %s", file.c_str(), ec.message().c_str()));
   return bytes;
 }
+
+namespace {
 
 // Decode tokens/s of `batch` rows, row i using adapters[i % size] (none when empty).
 Result<double> decode_tokens_per_second(engine::Engine& e, int64_t batch, int64_t decode_tokens,

@@ -44,6 +44,25 @@ struct DecodeBenchSetup {
   int64_t decode_tokens = 32;
 };
 
+// A temporary directory removed with everything in it when this goes out of scope.
+class TempDir {
+ public:
+  static Result<TempDir> create(const std::string& tag);
+  TempDir() = default;
+  TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
+  TempDir& operator=(TempDir&&) = delete;
+  ~TempDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Writes a PEFT adapter with rank `rank` on all seven projections of every layer into `dir`: bf16
+// factors, random non-zero values of magnitude 0.002-0.02 (small deltas: the dummy model stays finite).
+// Returns the size of adapter_model.safetensors in bytes.
+Result<uint64_t> write_dummy_adapter(const std::string& dir, const ModelConfig& c, int rank, uint64_t seed);
+
 // Runs the measurements `lora` asks for (nothing when none) and prints markdown tables to stdout.
 Status run_lora_benches(engine::Engine& engine, const LoraBenchOptions& lora, const DecodeBenchSetup& setup);
 

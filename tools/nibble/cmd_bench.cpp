@@ -5,6 +5,7 @@
 #include <random>
 
 #include "tools/nibble/bench_lora.h"
+#include "tools/nibble/bench_serve.h"
 #include "tools/nibble/cli.h"
 #include "tools/nibble/engine_args.h"
 
@@ -78,6 +79,7 @@ std::vector<int32_t> random_ids(size_t n, int64_t vocab, std::mt19937& rng) {
 int run(const std::vector<std::string>& argv) {
   std::vector<std::string> flags = {"reference-kernels", "quiet", "no-cuda-graphs"};
   flags.insert(flags.end(), kLoraBenchFlags.begin(), kLoraBenchFlags.end());
+  flags.insert(flags.end(), kServeBenchFlags.begin(), kServeBenchFlags.end());
   auto parsed = Args::parse(argv, flags);
   if (!parsed.is_ok()) return fail("bench", parsed.status());
   Args& args = *parsed;
@@ -85,6 +87,8 @@ int run(const std::vector<std::string>& argv) {
                                     "prefill-seqs"};
   known.insert(known.end(), kEngineOptions.begin(), kEngineOptions.end());
   known.insert(known.end(), kLoraBenchOptions.begin(), kLoraBenchOptions.end());
+  known.insert(known.end(), kServeBenchOptions.begin(), kServeBenchOptions.end());
+  known.insert(known.end(), kServeBenchFlags.begin(), kServeBenchFlags.end());
   if (Status s = args.check_known(known); !s.is_ok()) return fail("bench", s);
   std::string shape = args.get("shape", "llama-3.2-1b");
   auto text = shape_config(shape);
@@ -109,6 +113,12 @@ int run(const std::vector<std::string>& argv) {
   opts->dummy_config = *config;
   opts->dummy_weights.bits = *bits == 16 ? 0 : static_cast<int>(*bits);
   opts->dummy_weights.group_size = *group;
+  if (args.has("serve")) {
+    auto sb = serve_bench_options(args, *prefill_tokens, *decode_tokens);
+    if (!sb.is_ok()) return fail("bench", sb.status());
+    Status s = run_serve_bench(*opts, *sb, shape);
+    return s.is_ok() ? 0 : fail("bench", s);
+  }
   int64_t max_batch = 1;
   for (int64_t b : *batches) max_batch = std::max(max_batch, b);
   opts->max_kv_tokens = std::max<int64_t>((*prefill_tokens + 16) * *prefill_seqs, max_batch * (*decode_tokens + 24));
@@ -218,6 +228,6 @@ int run(const std::vector<std::string>& argv) {
 }  // namespace
 
 NB_REGISTER_COMMAND(bench_cmd, "bench", "decode/prefill speed with random weights at real shapes",
-                    std::string(kUsage) + kLoraBenchHelp + kEngineOptionsHelp, run);
+                    std::string(kUsage) + kLoraBenchHelp + kServeBenchHelp + kEngineOptionsHelp, run);
 
 }  // namespace nb::cli
