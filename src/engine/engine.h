@@ -169,6 +169,13 @@ class Engine {
   // Validates and registers an adapter without touching the device (thread-safe; the first batch
   // that uses it installs it in a slot). Errors as load_adapter, and a rank above max_rank (> 0).
   Status register_adapter(const std::string& name, const std::string& dir, int max_rank = 0);
+  // An evicted adapter back into host memory in two halves (AdapterRegistry::read / restore): the
+  // read from disk on any thread while steps run, the restore between steps. A step that needs an
+  // adapter which is not resident reads it itself (and stalls).
+  Result<LoraAdapter> read_adapter(const std::string& name) const { return registry_->read(name); }
+  Status restore_adapter(const std::string& name, LoraAdapter adapter) {
+    return registry_->restore(name, std::move(adapter));
+  }
 
  private:
   Engine() = default;

@@ -165,6 +165,34 @@ Result<std::shared_ptr<const LoraAdapter>> AdapterRegistry::get(const std::strin
   return it->second.adapter;
 }
 
+Result<LoraAdapter> AdapterRegistry::read(const std::string& name) const {
+  std::string dir;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return unknown_locked(name);
+    dir = it->second.dir;
+  }
+  if (dir.empty()) return invalid_argument(strformat("adapter '%s' has no directory to read it from", name.c_str()));
+  return load_adapter(name, dir, base_, options_.dtype);  // the slow part, unlocked
+}
+
+Status AdapterRegistry::restore(const std::string& name, LoraAdapter adapter) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(name);
+  if (it == entries_.end()) return unknown_locked(name);  // removed meanwhile
+  Entry& e = it->second;
+  e.last_used = ++tick_;
+  if (e.adapter) return Status::ok();  // resident again already
+  const size_t limit = options_.max_cpu_loras > 0 ? static_cast<size_t>(options_.max_cpu_loras) - 1 : SIZE_MAX;
+  if (!shrink_locked(limit, {name}))
+    return out_of_range(strformat("cannot reload adapter '%s': the CPU LoRA cache (max_cpu_loras=%d) is full of "
+                                  "pinned or active adapters", name.c_str(), options_.max_cpu_loras));
+  e.adapter = std::make_shared<const LoraAdapter>(std::move(adapter));
+  ++e.loads;
+  return Status::ok();
+}
+
 Status AdapterRegistry::pin(const std::string& name) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = entries_.find(name);

@@ -65,6 +65,15 @@ class AdapterRegistry {
   // The adapter, reloading it when evicted; marks it most recently used.
   Result<std::shared_ptr<const LoraAdapter>> get(const std::string& name);
 
+  // Bringing an evicted adapter back in two halves, so that the slow half runs beside the batches:
+  // read() loads `name` from its directory without holding the registry's lock and changes nothing
+  // (any thread); restore() puts the result back in host memory, evicting others as the cache
+  // requires (call it between batches, when no slot is held, or eviction may find nothing to
+  // evict). restore() is a no-op when the adapter is resident again already. Errors: unknown name,
+  // the files (changed or gone since registration), a full cache of pinned or active adapters.
+  Result<LoraAdapter> read(const std::string& name) const;
+  Status restore(const std::string& name, LoraAdapter adapter);
+
   Status pin(const std::string& name);
   Status unpin(const std::string& name);
 

@@ -53,7 +53,10 @@ class EngineService final : public Service {
 
  private:
   void loop();
+  void loader();  // reads evicted adapters back from disk, off the engine thread
   bool has_work_locked() const;
+  // Into the scheduler, or (adapter not in host memory) aside until the loader has read it.
+  void admit(std::unique_ptr<Request> r);
   void take_inbox();
   void run_unloads();
   void run_step(const engine::ScheduledStep& step);
@@ -80,8 +83,14 @@ class EngineService final : public Service {
   uint64_t next_id_ = 1;
   std::mt19937_64 seeds_{std::random_device{}()};
 
-  std::map<uint64_t, std::unique_ptr<Request>> active_;  // the loop thread's
-  std::thread thread_;
+  std::map<uint64_t, std::unique_ptr<Request>> active_;  // the loop thread's: queued, waiting or running
+  // Requests whose adapter is being read from disk (ids in active_), and the loader's queues.
+  std::map<std::string, std::vector<uint64_t>> awaiting_;      // loop thread
+  std::deque<std::string> to_load_;                            // guarded by mu_
+  std::vector<std::pair<std::string, Result<LoraAdapter>>> loaded_;  // guarded by mu_
+  std::condition_variable loader_cv_;
+  bool loader_stop_ = false;                                   // guarded by mu_
+  std::thread thread_, loader_thread_;
 };
 
 engine::SchedulerConfig scheduler_config(const engine::Engine& e, const EngineServiceOptions& o) {
@@ -109,6 +118,7 @@ EngineService::EngineService(std::unique_ptr<engine::Engine> engine, const Engin
   info_.device = options.engine.device;
   sched_stats_ = sched_.stats();
   thread_ = std::thread([this] { loop(); });
+  loader_thread_ = std::thread([this] { loader(); });
 }
 
 Status EngineService::validate(const GenerateRequest& r) const {
@@ -231,12 +241,35 @@ void EngineService::drain() {
     cv_.notify_one();
   }
   if (thread_.joinable()) thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loader_stop_ = true;
+    loader_cv_.notify_one();
+  }
+  if (loader_thread_.joinable()) loader_thread_.join();
+}
+
+void EngineService::loader() {
+  for (;;) {
+    std::string name;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      loader_cv_.wait(lock, [&] { return loader_stop_ || !to_load_.empty(); });
+      if (to_load_.empty()) return;  // stopping
+      name = to_load_.front();
+      to_load_.pop_front();
+    }
+    Result<LoraAdapter> adapter = engine_->read_adapter(name);
+    std::lock_guard<std::mutex> lock(mu_);
+    loaded_.emplace_back(name, std::move(adapter));
+    cv_.notify_one();
+  }
 }
 
 // ---- the loop -------------------------------------------------------------------------------------
 
 bool EngineService::has_work_locked() const {
-  if (!incoming_.empty() || !cancels_.empty() || !sched_.idle()) return true;
+  if (!incoming_.empty() || !cancels_.empty() || !loaded_.empty() || !sched_.idle()) return true;
   for (const std::string& n : unloading_)
     if (adapter_users_.count(n) == 0 || adapter_users_.at(n) == 0) return true;
   return false;
@@ -246,11 +279,17 @@ void EngineService::loop() {
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return draining_ || has_work_locked(); });
-      if (draining_ && !has_work_locked()) break;
+      // awaiting_ (requests whose adapter the loader is reading) is this thread's own state.
+      cv_.wait(lock, [&] { return has_work_locked() || (draining_ && awaiting_.empty()); });
+      if (draining_ && awaiting_.empty() && !has_work_locked()) break;
     }
     take_inbox();
     run_unloads();
+    if (sched_.idle()) {  // nothing to run (perhaps requests waiting for their adapters): wait
+      std::lock_guard<std::mutex> lock(mu_);
+      sched_stats_ = sched_.stats();
+      continue;
+    }
     const engine::ScheduledStep step = sched_.schedule();
     if (!step.empty()) {
       run_step(step);
@@ -274,22 +313,55 @@ void EngineService::loop() {
 void EngineService::take_inbox() {
   std::deque<std::unique_ptr<Request>> incoming;
   std::vector<uint64_t> cancels;
+  std::vector<std::pair<std::string, Result<LoraAdapter>>> loaded;
   {
     std::lock_guard<std::mutex> lock(mu_);
     incoming.swap(incoming_);
     cancels.swap(cancels_);
+    loaded.swap(loaded_);
   }
-  for (auto& r : incoming) {
-    const uint64_t id = r->id;
-    Status s = sched_.add(id, r->req.prompt, r->req.adapter, r->req.max_tokens);
-    active_[id] = std::move(r);
-    if (!s.is_ok()) end(id, "error", s.message());
+  for (auto& [name, adapter] : loaded) {
+    // Between steps no slot is held, so the cache can make room.
+    const Status status = adapter.is_ok() ? engine_->restore_adapter(name, std::move(adapter).value()) : adapter.status();
+    std::vector<uint64_t> ids = std::move(awaiting_[name]);
+    awaiting_.erase(name);
+    for (uint64_t id : ids) {
+      if (!active_.count(id)) continue;  // cancelled meanwhile
+      if (!status.is_ok()) {
+        end(id, "error", status.message());
+        continue;
+      }
+      const Request& r = *active_.at(id);
+      Status s = sched_.add(id, r.req.prompt, r.req.adapter, r.req.max_tokens);
+      if (!s.is_ok()) end(id, "error", s.message());
+    }
   }
+  for (auto& r : incoming) admit(std::move(r));
   for (uint64_t id : cancels) {
     if (!active_.count(id)) continue;
-    sched_.finish(id);
+    sched_.finish(id);  // ignores ids it does not hold (waiting for their adapter)
+    for (auto& [name, ids] : awaiting_) ids.erase(std::remove(ids.begin(), ids.end(), id), ids.end());
     end(id, "abort");
   }
+}
+
+void EngineService::admit(std::unique_ptr<Request> r) {
+  const uint64_t id = r->id;
+  const std::string adapter = r->req.adapter;
+  active_[id] = std::move(r);
+  if (!adapter.empty() && !engine_->adapter_registry().is_resident(adapter)) {
+    auto [it, first] = awaiting_.try_emplace(adapter);
+    it->second.push_back(id);
+    if (first) {
+      std::lock_guard<std::mutex> lock(mu_);
+      to_load_.push_back(adapter);
+      loader_cv_.notify_one();
+    }
+    return;
+  }
+  const Request& q = *active_.at(id);
+  Status s = sched_.add(id, q.req.prompt, q.req.adapter, q.req.max_tokens);
+  if (!s.is_ok()) end(id, "error", s.message());
 }
 
 // An adapter being unloaded leaves once no live request uses it (the registry refuses removal while

@@ -59,7 +59,7 @@ class Collector : public RequestObserver {
   }
   std::string reason() {
     std::lock_guard<std::mutex> lock(mu_);
-    return reason_;
+    return reason_ == "error" ? "error: " + error_ : reason_;
   }
   int finishes() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -199,6 +199,44 @@ TEST(EngineService, PreemptionLosesNothing) {
   for (Case& c : cs) c.prompt.resize(std::min<size_t>(c.prompt.size(), 12));
   ServiceStats st = run_crowd(kTinyModel, {cs}, 12 * 16);
   EXPECT_GT(st.preemptions, 0) << "the cache was sized to force preemption";
+}
+
+TEST(EngineService, EvictedAdaptersComeBackFromDisk) {
+  // Four adapter names over two directories, at most two in host memory: requests whose adapter
+  // was evicted wait while the loader thread reads it again, and still get exactly their tokens.
+  const Model& m = kTinyModel;
+  EngineServiceOptions o = options(m, true);
+  o.engine.max_cpu_loras = 2;
+  o.loras.push_back({"a2", m.dir + "/adapters/" + m.a});
+  o.loras.push_back({"b2", m.dir + "/adapters/" + m.b});
+  auto svc = make_engine_service(o);
+  ASSERT_TRUE(svc.is_ok()) << svc.status().to_string();
+  std::vector<Case> cs = cases(m, 16, 31u, 3, 8);
+  const std::string names[] = {m.a, m.b, "a2", "b2"};
+  std::vector<Case> solo_cases = cs;
+  for (size_t i = 0; i < cs.size(); ++i) {
+    cs[i].adapter = names[i % 4];
+    solo_cases[i].adapter = i % 2 == 0 ? m.a : m.b;  // same directories
+  }
+  const auto want = solo(m, solo_cases, true);
+  std::vector<std::shared_ptr<Collector>> got;
+  for (const Case& c : cs) {
+    got.push_back(std::make_shared<Collector>());
+    ASSERT_TRUE((*svc)->submit(request(c), got.back()).is_ok());
+  }
+  for (size_t i = 0; i < cs.size(); ++i) {
+    ASSERT_TRUE(got[i]->wait());
+    EXPECT_EQ(got[i]->reason(), "length");
+    EXPECT_EQ(got[i]->ids(), want[i]) << "request " << i << " adapter " << cs[i].adapter;
+  }
+  int64_t loads = 0, evictions = 0;
+  for (const AdapterInfo& a : (*svc)->adapters()) {
+    loads += a.loads;
+    evictions += a.evictions;
+  }
+  EXPECT_GT(evictions, 0) << "four adapters in a cache of two";
+  EXPECT_GT(loads, 4) << "evicted adapters were read again";
+  expect_idle(**svc);
 }
 
 TEST(EngineService, FastKernelsCrowdOnTheDemo) {

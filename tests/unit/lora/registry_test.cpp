@@ -251,3 +251,50 @@ TEST_F(RegistryTest, CpuEvictionSparesBatchesAndPrefersSlotlessAdapters) {
 
 }  // namespace
 }  // namespace nb
+
+namespace nb {
+namespace {
+
+// An evicted adapter comes back in two halves: read() (disk, no state change) and restore().
+TEST_F(RegistryTest, ReadThenRestoreBringsAnEvictedAdapterBack) {
+  AdapterRegistryOptions o;
+  o.max_cpu_loras = 1;
+  AdapterRegistry reg(fake_base(), o);
+  load(reg, "a");
+  load(reg, "b");  // evicts a
+  ASSERT_FALSE(reg.is_resident("a"));
+  Result<LoraAdapter> read = reg.read("a");
+  ASSERT_TRUE(read.is_ok()) << read.status().to_string();
+  EXPECT_FALSE(reg.is_resident("a")) << "read() changes nothing";
+  EXPECT_TRUE(reg.is_resident("b"));
+  ASSERT_TRUE(reg.restore("a", std::move(read).value()).is_ok());
+  EXPECT_TRUE(reg.is_resident("a"));
+  EXPECT_FALSE(reg.is_resident("b")) << "the cache holds one";
+  auto a = reg.get("a");
+  ASSERT_TRUE(a.is_ok());
+  expect_values(*a, "a");
+  for (const AdapterRegistry::State& s : reg.states()) {
+    if (s.name == "a") {
+      EXPECT_EQ(s.loads, 2);
+      EXPECT_EQ(s.evictions, 1);
+    }
+    if (s.name == "b") {
+      EXPECT_EQ(s.evictions, 1);
+    }
+  }
+  // Restoring what is resident is a no-op; unknown names are named.
+  Result<LoraAdapter> again = reg.read("a");
+  ASSERT_TRUE(again.is_ok());
+  EXPECT_TRUE(reg.restore("a", std::move(again).value()).is_ok());
+  EXPECT_FALSE(reg.read("zz").is_ok());
+  // A pinned adapter cannot be evicted to make room.
+  ASSERT_TRUE(reg.pin("a").is_ok());
+  Result<LoraAdapter> b = reg.read("b");
+  ASSERT_TRUE(b.is_ok());
+  Status full = reg.restore("b", std::move(b).value());
+  ASSERT_FALSE(full.is_ok());
+  EXPECT_NE(full.message().find("max_cpu_loras=1"), std::string::npos) << full.to_string();
+}
+
+}  // namespace
+}  // namespace nb
