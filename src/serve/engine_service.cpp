@@ -39,7 +39,7 @@ struct AdapterCounters {
 
 class EngineService final : public Service {
  public:
-  EngineService(std::unique_ptr<engine::Engine> engine, const EngineServiceOptions& options);
+  EngineService(std::unique_ptr<engine::ModelRunner> engine, const EngineServiceOptions& options);
   ~EngineService() override { drain(); }
 
   ModelInfo model_info() const override { return info_; }
@@ -65,7 +65,7 @@ class EngineService final : public Service {
   void end(uint64_t id, const std::string& reason, const std::string& error = "");
   Status validate(const GenerateRequest& r) const;
 
-  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<engine::ModelRunner> engine_;
   engine::Scheduler sched_;
   EngineServiceOptions options_;
   ModelInfo info_;
@@ -93,7 +93,7 @@ class EngineService final : public Service {
   std::thread thread_, loader_thread_;
 };
 
-engine::SchedulerConfig scheduler_config(const engine::Engine& e, const EngineServiceOptions& o) {
+engine::SchedulerConfig scheduler_config(const engine::ModelRunner& e, const EngineServiceOptions& o) {
   engine::SchedulerConfig c;
   c.num_blocks = e.kv_blocks();
   c.block_size = e.kv_block_size();
@@ -105,17 +105,17 @@ engine::SchedulerConfig scheduler_config(const engine::Engine& e, const EngineSe
   return c;
 }
 
-EngineService::EngineService(std::unique_ptr<engine::Engine> engine, const EngineServiceOptions& options)
+EngineService::EngineService(std::unique_ptr<engine::ModelRunner> engine, const EngineServiceOptions& options)
     : engine_(std::move(engine)), sched_(scheduler_config(*engine_, options)), options_(options) {
   const ModelConfig& c = engine_->config();
-  info_.model_dir = options.engine.model_dir;
+  info_.model_dir = engine_->options().model_dir;
   info_.architecture = c.architecture;
   info_.vocab_size = c.vocab_size;
   info_.max_model_len = engine_->max_model_len();
   info_.kv_tokens = int64_t{engine_->kv_blocks()} * engine_->kv_block_size();
   info_.max_concurrency = static_cast<int>(info_.kv_tokens / std::max(1, info_.max_model_len));
   info_.max_loras = engine_->adapter_registry().max_loras();
-  info_.device = options.engine.device;
+  info_.device = engine_->options().device;
   sched_stats_ = sched_.stats();
   thread_ = std::thread([this] { loop(); });
   loader_thread_ = std::thread([this] { loader(); });
@@ -383,10 +383,10 @@ void EngineService::run_unloads() {
 }
 
 void EngineService::run_step(const engine::ScheduledStep& step) {
-  std::vector<engine::Engine::RowInput> rows;
+  std::vector<engine::ModelRunner::RowInput> rows;
   rows.reserve(step.seqs.size());
   for (const engine::ScheduledSeq& s : step.seqs)
-    rows.push_back(engine::Engine::RowInput{&s.tokens, s.start, &s.block_table, s.adapter, s.sample});
+    rows.push_back(engine::ModelRunner::RowInput{&s.tokens, s.start, &s.block_table, s.adapter, s.sample, false});
   Result<TensorView> logits = engine_->run_rows(rows);
   if (!logits.is_ok()) return fail_step(step, logits.status());
   const int64_t vocab = info_.vocab_size;
@@ -496,7 +496,8 @@ void EngineService::end(uint64_t id, const std::string& reason, const std::strin
 
 }  // namespace
 
-Result<std::unique_ptr<Service>> make_engine_service(const EngineServiceOptions& options) {
+// A runner given to make_engine_service(runner, options) skips this (it was made already).
+Status check_service_options(const EngineServiceOptions& options) {
   if (options.max_num_seqs < 1)
     return invalid_argument(strformat("--max-num-seqs must be at least 1, got %d", options.max_num_seqs));
   if (options.max_num_batched_tokens < 1)
@@ -504,10 +505,21 @@ Result<std::unique_ptr<Service>> make_engine_service(const EngineServiceOptions&
                                       static_cast<long long>(options.max_num_batched_tokens)));
   if (options.max_lora_rank < 0)
     return invalid_argument(strformat("--max-lora-rank must be >= 0, got %d", options.max_lora_rank));
-  NB_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> engine, engine::Engine::create(options.engine));
+  return Status::ok();
+}
+
+Result<std::unique_ptr<Service>> make_engine_service(const EngineServiceOptions& options) {
+  NB_RETURN_IF_ERROR(check_service_options(options));
+  NB_ASSIGN_OR_RETURN(std::unique_ptr<engine::ModelRunner> runner, engine::ModelRunner::create(options.engine));
+  return make_engine_service(std::move(runner), options);
+}
+
+Result<std::unique_ptr<Service>> make_engine_service(std::unique_ptr<engine::ModelRunner> runner,
+                                                     const EngineServiceOptions& options) {
+  NB_RETURN_IF_ERROR(check_service_options(options));
   for (const auto& [name, dir] : options.loras)
-    NB_RETURN_IF_ERROR(engine->register_adapter(name, dir, options.max_lora_rank));
-  return std::unique_ptr<Service>(new EngineService(std::move(engine), options));
+    NB_RETURN_IF_ERROR(runner->register_adapter(name, dir, options.max_lora_rank));
+  return std::unique_ptr<Service>(new EngineService(std::move(runner), options));
 }
 
 }  // namespace nb::serve

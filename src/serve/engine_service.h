@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/engine.h"
+#include "engine/model_runner.h"
 #include "serve/service.h"
 
 namespace nb::serve {
@@ -23,5 +23,9 @@ struct EngineServiceOptions {
 
 // Loads the model and the adapters, sizes the KV cache, starts the engine thread.
 Result<std::unique_ptr<Service>> make_engine_service(const EngineServiceOptions& options);
+// The same over a runner made already (benchmarks: random weights); options.engine is not used to
+// load anything.
+Result<std::unique_ptr<Service>> make_engine_service(std::unique_ptr<engine::ModelRunner> runner,
+                                                     const EngineServiceOptions& options);
 
 }  // namespace nb::serve

@@ -148,8 +148,8 @@ Result<ServeBenchOptions> serve_bench_options(const Args& args, int64_t prompt_t
   return o;
 }
 
-Status run_serve_bench(const engine::EngineOptions& options, const ServeBenchOptions& b, const std::string& shape) {
-  if (!options.dummy_config) return invalid_argument("run_serve_bench needs a dummy model config");
+Status run_serve_bench(const engine::EngineOptions& options, const engine::RandomWeights& random,
+                       const ServeBenchOptions& b, const std::string& shape) {
   const int64_t max_c = *std::max_element(b.concurrency.begin(), b.concurrency.end());
   const int64_t max_l = *std::max_element(b.loras.begin(), b.loras.end());
   engine::EngineOptions eo = options;
@@ -162,7 +162,7 @@ Status run_serve_bench(const engine::EngineOptions& options, const ServeBenchOpt
   for (int64_t i = 0; i < max_l; ++i) {
     const std::string name = strformat("bench%lld", static_cast<long long>(i));
     const std::string path = dir.path() + "/" + name;
-    NB_RETURN_IF_ERROR(write_dummy_adapter(path, *options.dummy_config, 16, 1000 + static_cast<uint64_t>(i)).status());
+    NB_RETURN_IF_ERROR(write_dummy_adapter(path, random.config, 16, 1000 + static_cast<uint64_t>(i)).status());
     adapters.emplace_back(name, path);
   }
   auto names = [&](int64_t l) {
@@ -174,7 +174,7 @@ Status run_serve_bench(const engine::EngineOptions& options, const ServeBenchOpt
   std::fprintf(stderr, "bench --serve: building %s twice (engine alone, then the service)...\n", shape.c_str());
   std::map<std::pair<int64_t, int64_t>, double> engine_tps;
   {
-    NB_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> e, engine::Engine::create(eo));
+    NB_ASSIGN_OR_RETURN(std::unique_ptr<engine::Engine> e, engine::Engine::create_random(eo, random));
     for (const auto& [name, path] : adapters) NB_RETURN_IF_ERROR(e->load_adapter(name, path));
     std::mt19937 rng(5);
     for (int64_t l : b.loras)
@@ -188,8 +188,9 @@ Status run_serve_bench(const engine::EngineOptions& options, const ServeBenchOpt
   so.max_num_seqs = static_cast<int>(std::max<int64_t>(max_c, 8));
   so.max_num_batched_tokens = std::max<int64_t>(2048, b.prompt_tokens);
   so.loras = adapters;
-  NB_ASSIGN_OR_RETURN(std::unique_ptr<serve::Service> svc, serve::make_engine_service(so));
-  const int64_t vocab = options.dummy_config->vocab_size;
+  NB_ASSIGN_OR_RETURN(std::unique_ptr<engine::ModelRunner> runner, engine::ModelRunner::create(eo, &random));
+  NB_ASSIGN_OR_RETURN(std::unique_ptr<serve::Service> svc, serve::make_engine_service(std::move(runner), so));
+  const int64_t vocab = random.config.vocab_size;
   std::printf("\n| shape | device | streams | adapters | requests | tokens/s (whole run) | TTFT p50 ms | TTFT p99 ms | "
               "TPOT p50 ms | TPOT p99 ms | e2e p50 s | service decode tokens/s | engine batch decode tokens/s | "
               "service / engine |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -37,7 +37,8 @@ inline const char* kServeBenchHelp =
 
 Result<ServeBenchOptions> serve_bench_options(const Args& args, int64_t prompt_tokens, int64_t decode_tokens);
 
-// `options` describes the (dummy) model; the function builds its own engines from it.
-Status run_serve_bench(const engine::EngineOptions& options, const ServeBenchOptions& bench, const std::string& shape);
+// A model of `random`'s shapes: the function builds its own engines from it.
+Status run_serve_bench(const engine::EngineOptions& options, const engine::RandomWeights& random,
+                       const ServeBenchOptions& bench, const std::string& shape);
 
 }  // namespace nb::cli

@@ -110,13 +110,14 @@ int run(const std::vector<std::string>& argv) {
   if (!opts.is_ok()) return fail("bench", opts.status());
   auto lora = lora_bench_options(args, *opts);
   if (!lora.is_ok()) return fail("bench", lora.status());
-  opts->dummy_config = *config;
-  opts->dummy_weights.bits = *bits == 16 ? 0 : static_cast<int>(*bits);
-  opts->dummy_weights.group_size = *group;
+  engine::RandomWeights random;
+  random.config = *config;
+  random.weights.bits = *bits == 16 ? 0 : static_cast<int>(*bits);
+  random.weights.group_size = *group;
   if (args.has("serve")) {
     auto sb = serve_bench_options(args, *prefill_tokens, *decode_tokens);
     if (!sb.is_ok()) return fail("bench", sb.status());
-    Status s = run_serve_bench(*opts, *sb, shape);
+    Status s = run_serve_bench(*opts, random, *sb, shape);
     return s.is_ok() ? 0 : fail("bench", s);
   }
   int64_t max_batch = 1;
@@ -124,7 +125,7 @@ int run(const std::vector<std::string>& argv) {
   opts->max_kv_tokens = std::max<int64_t>((*prefill_tokens + 16) * *prefill_seqs, max_batch * (*decode_tokens + 24));
   opts->max_model_len = static_cast<int>(std::max<int64_t>(*prefill_tokens, *decode_tokens + 16) + 16);
   std::fprintf(stderr, "bench: building %s with random weights...\n", shape.c_str());
-  auto engine = engine::Engine::create(*opts);
+  auto engine = engine::Engine::create_random(*opts, random);
   if (!engine.is_ok()) return fail("bench", engine.status());
   engine::Engine& e = **engine;
   std::mt19937 rng(7);
