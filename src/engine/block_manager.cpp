@@ -32,6 +32,16 @@ void BlockManager::release(int64_t seq) {
   tables_.erase(it);
 }
 
+void BlockManager::truncate(int64_t seq, int blocks) {
+  auto it = tables_.find(seq);
+  if (it == tables_.end()) return;
+  if (blocks <= 0) return release(seq);
+  while (static_cast<int>(it->second.size()) > blocks) {
+    free_.push_back(it->second.back());
+    it->second.pop_back();
+  }
+}
+
 const std::vector<int32_t>& BlockManager::block_table(int64_t seq) const {
   auto it = tables_.find(seq);
   NB_CHECK(it != tables_.end(), "sequence %lld has no blocks", static_cast<long long>(seq));

@@ -26,6 +26,8 @@ class BlockManager {
   Status reserve(int64_t seq, int64_t total_tokens);
   // Returns every block of `seq` to the free list. Unknown sequences are ignored.
   void release(int64_t seq);
+  // Gives back the blocks of `seq` beyond its first `blocks` (all of them, and forgets it, at 0).
+  void truncate(int64_t seq, int blocks);
   bool has(int64_t seq) const { return tables_.count(seq) != 0; }
   const std::vector<int32_t>& block_table(int64_t seq) const;
   // Physical slot of the token at `position` of `seq` (must be reserved).

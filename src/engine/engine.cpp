@@ -53,17 +53,33 @@ Result<std::vector<std::vector<float>>> Engine::step(const std::vector<StepInput
 }
 
 Result<TensorView> Engine::step_device(const std::vector<StepInput>& inputs) {
+  // Blocks this call reserves go back if the step fails, whatever failed (nothing leaks).
+  std::vector<std::pair<int64_t, int>> before;
+  for (const StepInput& in : inputs)
+    before.emplace_back(in.seq, blocks_->has(in.seq) ? static_cast<int>(blocks_->block_table(in.seq).size()) : 0);
+  auto rollback = [&] {
+    for (const auto& [seq, n] : before) blocks_->truncate(seq, n);
+  };
   std::vector<ModelRunner::RowInput> rows;
   for (const StepInput& in : inputs) {
-    const int64_t start = seq_len_[in.seq];
+    const int64_t start = seq_len_.count(in.seq) ? seq_len_[in.seq] : 0;
     const int64_t total = start + static_cast<int64_t>(in.tokens.size());
-    if (total > runner_->max_model_len())
+    if (total > runner_->max_model_len()) {
+      rollback();
       return out_of_range(strformat("sequence of %lld tokens exceeds the maximum model length %d",
                                     static_cast<long long>(total), runner_->max_model_len()));
-    NB_RETURN_IF_ERROR(blocks_->reserve(in.seq, total));
+    }
+    if (Status s = blocks_->reserve(in.seq, total); !s.is_ok()) {
+      rollback();
+      return s;
+    }
     rows.push_back(ModelRunner::RowInput{&in.tokens, start, &blocks_->block_table(in.seq), in.adapter, true, in.all_logits});
   }
-  NB_ASSIGN_OR_RETURN(TensorView logits, runner_->run_rows(rows));
+  Result<TensorView> logits = runner_->run_rows(rows);
+  if (!logits.is_ok()) {
+    rollback();
+    return logits.status();
+  }
   for (const StepInput& in : inputs) seq_len_[in.seq] += static_cast<int64_t>(in.tokens.size());
   return logits;
 }

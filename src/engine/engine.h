@@ -78,6 +78,8 @@ class Engine {
   };
   Result<std::vector<std::vector<float>>> step(const std::vector<StepInput>& inputs);
   void release_sequence(int64_t seq);
+  // Free KV blocks of the static-batch path (tests: nothing leaks).
+  int free_kv_blocks() const { return blocks_->free_blocks(); }
 
  private:
   Engine() = default;

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "core/log.h"
+#include "core/sysmem.h"
 #include "engine/backend_factory.h"
 
 namespace nb::engine {
@@ -61,6 +62,12 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const EngineOptions& op
     if (need > free0)
       return out_of_range(strformat("not enough GPU memory for the model: its weights need about %.1f GiB, the device "
                                     "has %.1f GiB free of %.1f GiB", need / kGiB, free0 / kGiB, total_mem / kGiB));
+  } else if (std::optional<uint64_t> avail = available_host_memory()) {
+    // Host backends copy the weights into their own layout: about the checkpoint's size.
+    const uint64_t need = estimate_weight_bytes(options, random);
+    if (need > *avail)
+      return out_of_range(strformat("not enough memory for the model: its weights need about %.1f GiB, %.1f GiB are "
+                                    "available", need / kGiB, *avail / kGiB));
   }
   models::LoadOptions load;
   load.verbose = options.verbose;
@@ -98,6 +105,16 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(const EngineOptions& op
                                       e->options_.max_model_len, e->options_.max_model_len * kv_token_bytes / kGiB));
       kv_tokens = fit;
     }
+  }
+  if (kv_tokens < 1 || kv_tokens > (int64_t{1} << 34))
+    return out_of_range(strformat("KV cache of %lld tokens: expected 1 to 2^34 tokens", static_cast<long long>(kv_tokens)));
+  if (!has_memory) {  // plan host memory before taking it
+    const uint64_t need = static_cast<uint64_t>(kv_tokens) * kv_token_bytes;
+    if (std::optional<uint64_t> avail = available_host_memory(); avail && need > *avail)
+      return out_of_range(strformat("not enough memory for the KV cache: %lld tokens x %llu bytes need %.2f GiB, %.2f GiB "
+                                    "are available (lower --max-model-len, or the KV cache size)",
+                                    static_cast<long long>(kv_tokens), static_cast<unsigned long long>(kv_token_bytes),
+                                    need / kGiB, *avail / kGiB));
   }
   NB_RETURN_IF_ERROR(e->allocate_kv(kv_tokens));
   e->startup_.kv_tokens = kv_tokens;

@@ -117,6 +117,10 @@ EngineService::EngineService(std::unique_ptr<engine::ModelRunner> engine, const 
   info_.max_loras = engine_->adapter_registry().max_loras();
   info_.device = engine_->options().device;
   sched_stats_ = sched_.stats();
+  // The workspace for the largest step, taken now: memory is planned at start-up, and steps (and
+  // their recorded graphs) never reallocate it later.
+  engine_->model().reserve(options.max_num_batched_tokens,
+                           std::min<int64_t>(options.max_num_seqs, options.max_num_batched_tokens));
   thread_ = std::thread([this] { loop(); });
   loader_thread_ = std::thread([this] { loader(); });
 }
