@@ -141,8 +141,10 @@ Status ModelRunner::allocate_kv(int64_t tokens) {
   num_blocks_ = blocks;
   DType dt = backend_->activation_dtype();
   for (int l = 0; l < spec.num_layers; ++l) {
-    k_cache_.push_back(ops::make_device_tensor(*backend_, dt, {int64_t{blocks} * bs, spec.num_kv_heads, spec.head_dim}));
-    v_cache_.push_back(ops::make_device_tensor(*backend_, dt, {int64_t{blocks} * bs, spec.num_kv_heads, spec.v_head_dim}));
+    NB_ASSIGN_OR_RETURN(ops::DeviceTensor k, ops::try_make_device_tensor(*backend_, dt, {int64_t{blocks} * bs, spec.num_kv_heads, spec.head_dim}));
+    NB_ASSIGN_OR_RETURN(ops::DeviceTensor v, ops::try_make_device_tensor(*backend_, dt, {int64_t{blocks} * bs, spec.num_kv_heads, spec.v_head_dim}));
+    k_cache_.push_back(std::move(k));
+    v_cache_.push_back(std::move(v));
   }
   return Status::ok();
 }
@@ -344,7 +346,7 @@ Result<TensorView> ModelRunner::run_forward(const BatchHost& h) {
               stage_.begin() + o_tab + s * mb);
   const size_t bytes = static_cast<size_t>(total) * sizeof(int32_t);
   if (step_buf_.bytes() < bytes) {
-    step_buf_ = ops::DeviceBuffer(b, std::max(bytes, size_t{64} << 10));
+    NB_ASSIGN_OR_RETURN(step_buf_, ops::DeviceBuffer::create(b, std::max(bytes, size_t{64} << 10)));
     ++epoch_;
   }
   b.upload_async(step_buf_.data(), stage_.data(), bytes);
@@ -371,7 +373,8 @@ Result<TensorView> ModelRunner::run_forward(const BatchHost& h) {
     const int64_t lora_rows = model_->lora_rows(t);  // MoE: one row per (token, expert) pair
     const size_t need = static_cast<size_t>(lora_rows * max_rank) * sizeof(float);
     if (lora_buf_.bytes() < need) {
-      lora_buf_ = ops::DeviceBuffer(b, need);
+      lora_buf_.reset();
+      NB_ASSIGN_OR_RETURN(lora_buf_, ops::DeviceBuffer::create(b, need));
       ++epoch_;
     }
     ctx.row_slot = d + o_rs;

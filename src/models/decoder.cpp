@@ -215,9 +215,15 @@ Status Decoder::install_adapter(int slot, const LoraAdapter& adapter) {
   SlotState& st = slots_[static_cast<size_t>(slot)];
   ops::Backend& b = *backend_;
   for (const auto& [name, m] : adapter.modules) {
-    st.buffers.push_back(ops::upload_buffer(b, m.a.data(), m.a.nbytes()));
+    Result<ops::DeviceBuffer> da = ops::try_upload_buffer(b, m.a.data(), m.a.nbytes());
+    Result<ops::DeviceBuffer> db = da.is_ok() ? ops::try_upload_buffer(b, m.b.data(), m.b.nbytes()) : da.status();
+    if (!db.is_ok()) {  // out of device memory: leave the slot empty, the engine keeps running
+      remove_adapter(slot);
+      return db.status().with_context(strformat("adapter factors of '%s'", name.c_str()));
+    }
+    st.buffers.push_back(std::move(da).value());
     const void* a = st.buffers.back().data();
-    st.buffers.push_back(ops::upload_buffer(b, m.b.data(), m.b.nbytes()));
+    st.buffers.push_back(std::move(db).value());
     ops::LoraFactors f{a, st.buffers.back().data(), m.rank, m.scaling};
     if (m.kind == BaseModule::Kind::kEmbedding) {
       st.embed_lora = f;

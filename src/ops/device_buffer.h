@@ -14,6 +14,24 @@ class DeviceBuffer {
   DeviceBuffer(Backend& backend, size_t bytes) : backend_(&backend), bytes_(bytes) {
     ptr_ = bytes ? backend.alloc(bytes) : nullptr;
   }
+  // A buffer, or an out-of-memory error naming the size and what the device has free.
+  static Result<DeviceBuffer> create(Backend& backend, size_t bytes) {
+    DeviceBuffer b;
+    b.backend_ = &backend;
+    if (bytes == 0) return b;
+    b.ptr_ = backend.try_alloc(bytes);
+    if (!b.ptr_) {
+      size_t free_b = 0, total_b = 0;
+      const bool known = backend.device_memory(&free_b, &total_b);
+      return out_of_range(strformat("out of %s memory: %.3f GiB requested%s", backend.name().c_str(),
+                                    static_cast<double>(bytes) / 1073741824.0,
+                                    known ? strformat(", %.3f GiB free of %.3f GiB", free_b / 1073741824.0,
+                                                      total_b / 1073741824.0).c_str()
+                                          : ""));
+    }
+    b.bytes_ = bytes;
+    return b;
+  }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
   DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
@@ -59,6 +77,13 @@ inline DeviceBuffer upload_buffer(Backend& backend, const void* src, size_t byte
   return buf;
 }
 
+// The same, with out-of-memory as an error.
+inline Result<DeviceBuffer> try_upload_buffer(Backend& backend, const void* src, size_t bytes) {
+  NB_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::create(backend, bytes));
+  if (bytes) backend.upload(buf.data(), src, bytes);
+  return buf;
+}
+
 }  // namespace nb::ops
 
 namespace nb::ops {
@@ -78,6 +103,14 @@ inline DeviceTensor make_device_tensor(Backend& backend, DType dtype, Shape shap
   t.dtype = dtype;
   t.shape = std::move(shape);
   t.buffer = DeviceBuffer(backend, dtype_bytes(dtype, static_cast<size_t>(shape_numel(t.shape))));
+  return t;
+}
+
+inline Result<DeviceTensor> try_make_device_tensor(Backend& backend, DType dtype, Shape shape) {
+  DeviceTensor t;
+  t.dtype = dtype;
+  t.shape = std::move(shape);
+  NB_ASSIGN_OR_RETURN(t.buffer, DeviceBuffer::create(backend, dtype_bytes(dtype, static_cast<size_t>(shape_numel(t.shape)))));
   return t;
 }
 

@@ -160,7 +160,10 @@ class Backend {
   virtual DType activation_dtype() const = 0;
 
   // ---- memory -------------------------------------------------------------------------------
-  virtual void* alloc(size_t bytes) = 0;
+  virtual void* alloc(size_t bytes) = 0;  // aborts (naming the sizes) when memory is exhausted
+  // The same, but returns null when the memory is not there (callers that can refuse one request
+  // and keep serving: DeviceBuffer::create).
+  virtual void* try_alloc(size_t bytes) { return alloc(bytes); }
   virtual void dealloc(void* ptr) = 0;
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;    // host -> device
   virtual void download(void* dst, const void* src, size_t bytes) = 0;  // device -> host

@@ -18,10 +18,15 @@ bool f32(const TensorView& t) { return t.dtype == DType::kF32; }
 
 }  // namespace
 
-void* CpuBackend::alloc(size_t bytes) {
+void* CpuBackend::try_alloc(size_t bytes) {
+  if (bytes > (size_t{1} << 62)) return nullptr;
   const size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
-  if (!p) throw std::bad_alloc();
+  return std::aligned_alloc(64, rounded ? rounded : 64);
+}
+
+void* CpuBackend::alloc(size_t bytes) {
+  void* p = try_alloc(bytes);
+  NB_CHECK(p, "out of host memory: %.3f GiB requested", static_cast<double>(bytes) / 1073741824.0);
   return p;
 }
 

@@ -24,6 +24,7 @@ class CpuBackend : public ops::Backend {
   DType activation_dtype() const override { return DType::kF32; }
 
   void* alloc(size_t bytes) override;
+  void* try_alloc(size_t bytes) override;
   void dealloc(void* ptr) override;
   void upload(void* dst, const void* src, size_t bytes) override;
   void download(void* dst, const void* src, size_t bytes) override;

@@ -51,6 +51,17 @@ CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+void* CudaBackend::try_alloc(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // clear it: the caller reports the failure and the context stays usable
+    return nullptr;
+  }
+  NB_CUDA_CHECK(err);
+  return p;
+}
+
 void* CudaBackend::alloc(size_t bytes) {
   void* p = nullptr;
   const cudaError_t err = cudaMalloc(&p, std::max<size_t>(bytes, 256));

@@ -90,6 +90,7 @@ class CudaBackend : public ops::Backend {
   DType activation_dtype() const override { return act_; }
 
   void* alloc(size_t bytes) override;
+  void* try_alloc(size_t bytes) override;
   void dealloc(void* ptr) override;
   void upload(void* dst, const void* src, size_t bytes) override;
   void download(void* dst, const void* src, size_t bytes) override;

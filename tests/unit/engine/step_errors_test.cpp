@@ -2,7 +2,9 @@
 // row, a sequence past the model length, a full cache. The sequences stay usable afterwards.
 #include <gtest/gtest.h>
 
+#include "backends/cpu/cpu_backend.h"
 #include "engine/engine.h"
+#include "ops/device_buffer.h"
 
 namespace nb::engine {
 namespace {
@@ -55,6 +57,23 @@ TEST(StepErrors, FullCacheIsNamedAndReturnsBlocks) {
   EXPECT_EQ(e->free_kv_blocks(), free0 - 3);
   e->release_sequence(1);
   EXPECT_EQ(e->free_kv_blocks(), free0);
+}
+
+// The fallible allocation behind the KV cache, step buffers and adapter uploads: memory that is not
+// there is an error naming the size, and the backend keeps allocating afterwards.
+TEST(StepErrors, MissingMemoryIsAnError) {
+  cpu::CpuBackend b(false);
+  auto huge = ops::DeviceBuffer::create(b, size_t{1} << 63);
+  ASSERT_FALSE(huge.is_ok());
+  EXPECT_NE(huge.status().message().find("out of cpu memory"), std::string::npos) << huge.status().to_string();
+  EXPECT_NE(huge.status().message().find("GiB requested"), std::string::npos) << huge.status().to_string();
+  auto small = ops::DeviceBuffer::create(b, 1000);
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  EXPECT_EQ(small->bytes(), 1000u);
+  const float x[4] = {1, 2, 3, 4};
+  auto up = ops::try_upload_buffer(b, x, sizeof(x));
+  ASSERT_TRUE(up.is_ok());
+  EXPECT_EQ(up->as<float>()[2], 3.0f);
 }
 
 }  // namespace
